@@ -1,0 +1,158 @@
+"""Checkpoint directories in transformers' layout: ``config.json`` + ``model.safetensors``.
+
+Key names are transformers' ModernBERT names. A bare encoder stores ``embeddings.*`` / ``layers.*``; a model
+with a head stores the encoder under ``model.`` plus ``head.*``, ``decoder.*`` or ``classifier.*``. Loading
+adds or strips the ``model.`` prefix as needed, so an MLM checkpoint loads as a bare encoder or under a new
+task head. The tied ``decoder.weight`` is not stored (safetensors cannot hold shared tensors; transformers
+re-ties it). Weights are read with safetensors only, never with pickle; sharded checkpoints
+(``model.safetensors.index.json``) load too. Writes go to a temporary directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmbert.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: names the offending tensor."""
+
+
+def read_safetensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (single file or sharded)."""
+    directory = Path(directory)
+    files = weight_files(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as sf:
+            for key in sf.keys():
+                tensors[key] = sf.get_tensor(key)
+    return tensors
+
+
+def weight_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    if (directory / WEIGHTS_NAME).is_file():
+        return [directory / WEIGHTS_NAME]
+    if (directory / INDEX_NAME).is_file():
+        index = json.loads((directory / INDEX_NAME).read_text())
+        return [directory / name for name in sorted(set(index["weight_map"].values()))]
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise CheckpointError(
+            f"{directory} holds only pickled weights (*.bin / *.pt); mmbert reads safetensors only. Convert "
+            "them once with transformers: AutoModelForMaskedLM.from_pretrained(dir).save_pretrained(out)"
+        )
+    raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+
+
+def atomic_directory_write(target: Path, write) -> Path:
+    """Run ``write(tmp_dir)`` then move ``tmp_dir`` into ``target``, replacing an older one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for the models in ``modeling.py`` and ``heads.py``."""
+
+    config: ModelConfig
+    # Key prefixes a class may create fresh when the checkpoint lacks them (a new task head).
+    init_if_missing: tuple[str, ...] = ()
+    architecture: str = "ModernBertForMaskedLM"
+
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+        model: nn.Module = self  # type: ignore[assignment]
+        state = model.state_dict()
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("decoder.weight", None)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        config = self.config.replace(extra={**self.config.extra, "architectures": [self.architecture]})
+
+        def write(tmp: Path) -> None:
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+            config.save(tmp)
+
+        return atomic_directory_write(Path(directory), write)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+        **config_overrides,
+    ):
+        directory = Path(directory)
+        config = ModelConfig.load(directory)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        model = cls(config)
+        model.load_checkpoint_state(read_safetensors(directory), source=str(directory))
+        model.eval()
+        if dtype is not None:
+            model.to(dtype)
+        return model.to(device)
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Copy ``tensors`` into the model, matching names; any mismatch is an error that names the tensor."""
+        model: nn.Module = self  # type: ignore[assignment]
+        own = model.state_dict()
+        tied = {"decoder.weight"} if getattr(self.config, "tie_word_embeddings", False) else set()
+        expected = set(own) - tied
+        has_encoder_prefix = any(k.startswith("model.") for k in own)
+        tensors = _align_prefix(tensors, has_encoder_prefix)
+        foreign_heads = ("head.", "decoder.", "classifier.")
+        unexpected = [k for k in tensors if k not in own and not k.startswith(foreign_heads)]
+        if unexpected:
+            raise CheckpointError(f"{source}: unexpected tensor(s) not in the model: {sorted(unexpected)[:10]}")
+        missing = sorted(k for k in expected if k not in tensors and not k.startswith(self.init_if_missing))
+        if missing:
+            raise CheckpointError(f"{source}: missing tensor(s): {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
+        with torch.no_grad():
+            for key in sorted(expected & set(tensors)):
+                src, dst = tensors[key], own[key]
+                if src.shape != dst.shape:
+                    raise CheckpointError(
+                        f"{source}: tensor {key!r} has shape {tuple(src.shape)}, the model expects {tuple(dst.shape)}"
+                    )
+                dst.copy_(src.to(dst.dtype))
+        self.tie_weights()  # type: ignore[attr-defined]
+
+
+def _align_prefix(tensors: dict[str, torch.Tensor], want_prefix: bool) -> dict[str, torch.Tensor]:
+    have_prefix = any(k.startswith("model.") for k in tensors)
+    if want_prefix and not have_prefix:
+        return {(k if k.startswith(("head.", "decoder.", "classifier.")) else f"model.{k}"): v for k, v in tensors.items()}
+    if not want_prefix and have_prefix:
+        return {k.removeprefix("model."): v for k, v in tensors.items()}
+    return tensors
