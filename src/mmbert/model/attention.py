@@ -114,13 +114,10 @@ def _flash_usable(q: torch.Tensor) -> bool:
 def _per_sequence_sdpa(q, k, v, batch: VarlenBatch, dropout_p: float) -> torch.Tensor:
     if len(batch.seqlens) == 1:
         return _sdpa_one(q, k, v, dropout_p)
-    out = torch.empty_like(q)
-    start = 0
-    for length in batch.seqlens:  # one unmasked SDPA per sequence: no pads, no mask
-        end = start + length
-        out[start:end] = _sdpa_one(q[start:end], k[start:end], v[start:end], dropout_p)
-        start = end
-    return out
+    # One unmasked SDPA per sequence: no pads, no mask. split/cat (not slice-assignment into a buffer) so the
+    # backward is one concatenation, not a full-size zero gradient per sequence.
+    pieces = zip(q.split(batch.seqlens), k.split(batch.seqlens), v.split(batch.seqlens))
+    return torch.cat([_sdpa_one(qi, ki, vi, dropout_p) for qi, ki, vi in pieces])
 
 
 def _sdpa_one(q, k, v, dropout_p: float) -> torch.Tensor:

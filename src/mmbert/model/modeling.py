@@ -85,8 +85,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
         n = x.shape[0]
         qkv = self.Wqkv(x).view(n, 3, self.num_heads, self.head_dim)  # (N, 3, H, D)
-        q, k, v = qkv.unbind(dim=1)  # each (N, H, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # cos/sin: (N, 1, D/2)
+        q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)  # q and k in one pass; cos/sin: (N, 1, 1, D/2)
+        v = qkv[:, 2]  # (N, H, D)
         dropout = self.dropout if self.training else 0.0
         out = varlen_attention(q, k, v, batch, local=not self.is_global, dropout_p=dropout)
         return self.out_drop(self.Wo(out.reshape(n, -1)))
@@ -230,7 +230,7 @@ class MmBertModel(MmBertPreTrainedModel):
             if is_global and not any(c.is_global(i) for i in range(c.num_hidden_layers)):
                 continue
             cos, sin = rotary_cos_sin(position_ids, c.head_dim, theta)
-            tables[is_global] = (cos.unsqueeze(-2), sin.unsqueeze(-2))  # broadcast over heads
+            tables[is_global] = (cos[:, None, None], sin[:, None, None])  # broadcast over (q|k, heads)
         return tables
 
     def _forward_varlen(self, input_ids: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
@@ -244,7 +244,7 @@ class MmBertModel(MmBertPreTrainedModel):
     def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)  # (B, T, H)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        rope = {g: (cos.transpose(0, 1).unsqueeze(0), sin.transpose(0, 1).unsqueeze(0))  # (1, 1, T, D/2)
+        rope = {g: (cos.view(1, 1, -1, cos.shape[-1]), sin.view(1, 1, -1, sin.shape[-1]))  # (1, 1, T, D/2)
                 for g, (cos, sin) in self._rope(positions).items()}
         for i, layer in enumerate(self.layers):
             cos, sin = rope[self.config.is_global(i)]

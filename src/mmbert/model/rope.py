@@ -28,10 +28,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     xf = x.float()
     x1, x2 = xf[..., :half], xf[..., half:]
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    else:  # inference: write both halves in place of one buffer, no temporaries of the full size
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # autograd, and exporters, which do not record writes into slices of an ``out=`` buffer
+        out = torch.cat((torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)), dim=-1)
+    else:  # inference: both halves written into one buffer by fused multiply-adds, no temporaries
         out = torch.empty_like(xf)
-        torch.mul(x1, cos, out=out[..., :half]).sub_(x2 * sin)
-        torch.mul(x2, cos, out=out[..., half:]).add_(x1 * sin)
+        torch.mul(x1, cos, out=out[..., :half]).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=out[..., half:]).addcmul_(x1, sin)
     return out.to(x.dtype)
