@@ -1,0 +1,160 @@
+"""Exports of a checkpoint for other runtimes; each writes a self-contained directory (weights + tokenizer).
+
+- ``hf``: transformers' ModernBERT layout (config.json, model.safetensors, tokenizer.json,
+  tokenizer_config.json, special_tokens_map.json). ``AutoModel`` / ``AutoModelForMaskedLM`` /
+  ``AutoTokenizer`` load it offline. The MLM head is kept when the checkpoint has one.
+- ``sentence-transformers``: the bare encoder in the ``hf`` layout plus modules.json
+  (Transformer -> Pooling(mean) -> Normalize, the legacy class paths that load in old and new releases),
+  sentence_bert_config.json and 1_Pooling/config.json (see shared/reference/ecosystem-notes.md). Its
+  ``encode`` equals ``Encoder.encode``.
+- ``onnx``: ``model.onnx`` for the embedding model, traced on the dense padded path (``unpad = False``: no
+  data-dependent Python loops) with torch's legacy exporter (``dynamo=False``, opset 17), dynamic batch and
+  sequence axes. Inputs ``input_ids``, ``attention_mask`` (int64, (B, T)); outputs ``last_hidden_state``
+  (B, T, H; zeros at pads) and ``sentence_embedding`` (B, H; mean-pooled, L2-normalised). The tokenizer
+  files sit beside it.
+Writes go to a temporary sibling directory renamed into place, so a failed export leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmbert.model import CheckpointError, ModelConfig, MmBertForMaskedLM, MmBertModel, mean_pool
+from mmbert.serve.encoder import load_tokenizer
+
+FORMATS = ("hf", "sentence-transformers", "onnx")
+ONNX_OPSET = 17
+
+
+def export(checkpoint: str | os.PathLike, to: str, out: str | os.PathLike, *, max_length: int | None = None,
+           overwrite: bool = False) -> Path:
+    writers: dict[str, Callable[[Path, Path, int | None], None]] = {
+        "hf": _write_hf, "sentence-transformers": _write_sentence_transformers, "onnx": _write_onnx,
+    }
+    if to not in writers:
+        raise ValueError(f"unknown export format {to!r}; choose one of {list(FORMATS)}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == checkpoint.resolve():
+        raise ValueError("the export directory must differ from the checkpoint directory")
+    ModelConfig.load(checkpoint)  # fail early, with the config's own message
+    return _write_directory(out, lambda tmp: writers[to](checkpoint, tmp, max_length))
+
+
+def _write_directory(target: Path, write: Callable[[Path], None]) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _max_length(checkpoint: Path, max_length: int | None, tok) -> int:
+    limit = ModelConfig.load(checkpoint).max_position_embeddings
+    value = max_length or min(tok.model_max_length, limit)
+    if not 1 <= value <= limit:
+        raise ValueError(f"max_length must be in [1, {limit}], got {value}")
+    return value
+
+
+def _save_tokenizer(checkpoint: Path, out: Path, max_length: int | None) -> int:
+    tok = load_tokenizer(checkpoint, ModelConfig.load(checkpoint).vocab_size)
+    tok.model_max_length = _max_length(checkpoint, max_length, tok)
+    tok.save(out)
+    return tok.model_max_length
+
+
+def _load_weights(checkpoint: Path, with_head: bool) -> nn.Module:
+    if with_head:
+        try:
+            return MmBertForMaskedLM.from_pretrained(checkpoint)
+        except CheckpointError:
+            pass  # an encoder-only checkpoint
+    return MmBertModel.from_pretrained(checkpoint)
+
+
+def _write_hf(checkpoint: Path, out: Path, max_length: int | None, with_head: bool = True) -> int:
+    model = _load_weights(checkpoint, with_head)
+    model.save_pretrained(out, metadata={"exported_from": "mmbert"})
+    return _save_tokenizer(checkpoint, out, max_length)
+
+
+def _write_sentence_transformers(checkpoint: Path, out: Path, max_length: int | None) -> None:
+    max_length = _write_hf(checkpoint, out, max_length, with_head=False)
+    hidden = ModelConfig.load(checkpoint).hidden_size
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    pooling = {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True,
+    }
+    _dump(out / "modules.json", modules)
+    _dump(out / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+    _dump(out / "config_sentence_transformers.json", {"similarity_fn_name": "cosine", "prompts": {},
+                                                      "default_prompt_name": None})
+    (out / "1_Pooling").mkdir()
+    _dump(out / "1_Pooling" / "config.json", pooling)
+    (out / "2_Normalize").mkdir()
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+class OnnxEmbedding(nn.Module):
+    """(input_ids, attention_mask) -> (last_hidden_state, sentence_embedding) on the dense padded path."""
+
+    def __init__(self, encoder: MmBertModel):
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.unpad = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        hidden = self.encoder(input_ids, attention_mask).last_hidden_state  # (B, T, H)
+        return hidden, F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, H)
+
+
+def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
+    module = OnnxEmbedding(MmBertModel.from_pretrained(checkpoint)).eval()
+    # Example long enough to cross a local window and with a padded row, so no branch is traced away.
+    config = ModelConfig.load(checkpoint)
+    t = min(config.local_attention + 8, config.max_position_embeddings)
+    ids = torch.randint(5, config.vocab_size, (2, t), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, t, dtype=torch.long)
+    mask[1, t // 2 :] = 0
+    # rope.apply_rotary takes its exportable (torch.cat) branch while tracing; see its comment.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # deprecation and tracer warnings of the legacy exporter
+        torch.onnx.export(
+            module, (ids, mask), str(out / "model.onnx"), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state", "sentence_embedding"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          "last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}},
+        )
+    config.replace(extra={**config.extra, "architectures": ["ModernBertModel"]}).save(out)
+    _save_tokenizer(checkpoint, out, max_length)
