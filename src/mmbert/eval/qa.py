@@ -1,0 +1,145 @@
+"""Extractive QA in the SQuAD v1.1 format (SQuAD, TyDiQA-GoldP, XQuAD, MLQA), per language.
+
+Follows transformers' ``run_qa.py``: ``<bos> question <eos> context-window <eos>``; a context longer than
+the window is cut into overlapping windows (``stride`` tokens shared between neighbours) using the
+tokenizer's character offsets; a training window that does not hold the whole answer points at ``<bos>``;
+at prediction the best span (end >= start, at most ``max_answer_tokens``) over all windows of a question
+is mapped back to characters of the context. Scored with SQuAD's EM and F1 (``metrics.squad_scores``).
+Zero-shot transfer: fine-tune on one language's file (SQuAD, English), test on the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmbert.eval.classification import split_dev
+from mmbert.eval.common import load_model, load_tokenizer, pad_batch, special_ids
+from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
+from mmbert.eval.loaders import QAExample, parse_file_spec, read_squad_json
+from mmbert.eval.metrics import squad_scores
+from mmbert.model import MmBertForQuestionAnswering
+
+
+def windows(tok, example: QAExample, max_length: int, stride: int, max_query: int = 64, bos=2, eos=1) -> list[dict]:
+    """Features of one question: ``input_ids``, ``offsets`` (a character span per token, None outside the
+    context) and, for training, ``start`` / ``end`` token positions (0 = no answer in this window)."""
+    q = tok.backend.encode(example.question, add_special_tokens=False).ids[:min(max_query, max_length // 2)]
+    enc = tok.backend.encode(example.context, add_special_tokens=False)
+    ids, offs = enc.ids, enc.offsets
+    room = max_length - len(q) - 3
+    if room < 8:
+        raise ValueError(f"max_length {max_length} leaves {room} context tokens after a {len(q)}-token question")
+    step = room - min(stride, room // 2)  # neighbours share ``stride`` tokens, at most half a window
+    a_start = example.answer_starts[0] if example.answer_starts else None
+    a_end = a_start + len(example.answers[0]) if a_start is not None else None  # exclusive
+    out, begin = [], 0
+    while True:
+        chunk = range(begin, min(begin + room, len(ids)))
+        head = [bos] + q + [eos]
+        feat = {"input_ids": head + [ids[i] for i in chunk] + [eos],
+                "offsets": [None] * len(head) + [offs[i] for i in chunk] + [None],
+                "example_id": example.id, "start": 0, "end": 0}
+        if a_start is not None:
+            inside = [j for j, i in enumerate(chunk) if offs[i][1] > a_start and offs[i][0] < a_end]
+            if inside and offs[chunk[inside[0]]][0] <= a_start and offs[chunk[inside[-1]]][1] >= a_end:
+                feat["start"], feat["end"] = len(head) + inside[0], len(head) + inside[-1]
+        out.append(feat)
+        if chunk.stop >= len(ids):
+            return out
+        begin += step
+
+
+def best_span(start_logits: list[float], end_logits: list[float], offsets: list, max_answer_tokens: int = 30,
+              n_best: int = 20) -> tuple[float, tuple[int, int] | None]:
+    """(score, character span) of the best valid span of one window; positions without offsets (question,
+    specials, pads) are never part of an answer."""
+    valid = [i for i, o in enumerate(offsets) if o is not None]
+    if not valid:
+        return float("-inf"), None
+    starts = sorted(valid, key=lambda i: -start_logits[i])[:n_best]
+    ends = sorted(valid, key=lambda i: -end_logits[i])[:n_best]
+    best = (float("-inf"), None)
+    for s in starts:
+        for e in ends:
+            if s <= e < s + max_answer_tokens:
+                score = start_logits[s] + end_logits[e]
+                if score > best[0]:
+                    best = (score, (offsets[s][0], offsets[e][1]))
+    return best
+
+
+def finetune_qa(checkpoint, train: list[QAExample], dev: list[QAExample], tests: dict[str, list[QAExample]], *,
+                tokenizer=None, config: FinetuneConfig | None = None, stride: int = 32,
+                max_answer_tokens: int = 30) -> tuple[dict, dict]:
+    config = config or FinetuneConfig(max_length=256)
+    tok = load_tokenizer(checkpoint, tokenizer)
+    seed_everything(config.seed)
+    model = load_model(MmBertForQuestionAnswering, checkpoint)
+    bos, eos, pad = special_ids(tok, model.config)
+
+    def features(examples):
+        return [f for e in examples for f in windows(tok, e, config.max_length, stride, bos=bos, eos=eos)]
+
+    def collate(batch):
+        ids, mask = pad_batch([f["input_ids"] for f in batch], pad)
+        return {"input_ids": ids, "attention_mask": mask, "start_positions": torch.tensor([f["start"] for f in batch]),
+                "end_positions": torch.tensor([f["end"] for f in batch])}
+
+    @torch.inference_mode()
+    def predict(examples) -> dict[str, str]:
+        feats = features(examples)
+        best: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        for i in range(0, len(feats), 32):
+            chunk = feats[i:i + 32]
+            b = collate(chunk)
+            out = model(b["input_ids"], b["attention_mask"])
+            for f, s, e in zip(chunk, out.start_logits.tolist(), out.end_logits.tolist()):
+                cand = best_span(s, e, f["offsets"], max_answer_tokens)
+                if cand[0] > best.get(f["example_id"], (float("-inf"), None))[0]:
+                    best[f["example_id"]] = cand
+        context = {e.id: e.context for e in examples}
+        return {qid: context[qid][span[0]:span[1]].strip() if span else "" for qid, (_, span) in best.items()}
+
+    def scores(examples):
+        return squad_scores(predict(examples), {e.id: e.answers for e in examples})
+
+    result = finetune(model, features(train), collate, lambda m: scores(dev)["f1"], config)
+    per_language = {lang: scores(ex) | {"examples": len(ex)} for lang, ex in sorted(tests.items())}
+    info = {"train_examples": len(train), "dev_examples": len(dev), "best_step": result.best_step,
+            "steps": result.steps, "dev_f1": result.best_score, "stride": stride, "finetune": config.to_dict()}
+    return per_language, info
+
+
+def run_qa(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=None, config=None,
+           languages=None, stride: int = 32, **_) -> dict:
+    """Files: ``train`` (SQuAD JSON), optional ``dev`` for early stopping (else a seeded 10% of train),
+    ``test`` (one or more files, ``LANG=PATH`` or language from TyDiQA ids / the file name); with ``data``
+    DIR the defaults are ``DIR/train.json`` and ``DIR/dev.json``."""
+    config = config or FinetuneConfig(max_length=256)
+    train_path = Path(train) if train else _in(data, "train.json")
+    train_ex = read_squad_json(train_path)
+    if dev:
+        dev_ex = read_squad_json(dev)
+    else:
+        train_ex, dev_ex = split_dev(train_ex, seed=config.seed)
+    tests: dict[str, list[QAExample]] = {}
+    for spec in test if isinstance(test, (list, tuple)) else [test or _in(data, "dev.json")]:
+        lang, path = parse_file_spec(spec)
+        for e in read_squad_json(path, lang):
+            tests.setdefault(e.lang, []).append(e)
+    if languages:
+        tests = {k: v for k, v in tests.items() if k in set(languages)}
+    per_language, info = finetune_qa(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer, config=config,
+                                     stride=stride)
+    return {"primary": "f1", "per_language": per_language, "training": info}
+
+
+def _in(data, name: str) -> Path:
+    if data is None:
+        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
+    path = Path(data) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return path

@@ -1,0 +1,121 @@
+"""Token classification (NER / PAN-X / CoNLL-2002/2003) from CoNLL files, scored with entity-level F1.
+
+Words are joined with single spaces and tokenised once; each sub-word is assigned to the word its
+character offsets fall in, and only a word's first sub-word carries the label (the rest are -100), as
+transformers' ``run_ner.py``. Words cut off by ``max_length`` are predicted ``O``. Zero-shot transfer:
+train on one language's file, test on the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import torch
+
+from mmbert.eval.classification import split_dev
+from mmbert.eval.common import load_model, load_tokenizer, pad_batch, special_ids
+from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
+from mmbert.eval.loaders import TokenExample, parse_file_spec, read_conll
+from mmbert.eval.metrics import entity_scores
+from mmbert.model import MmBertForTokenClassification
+
+
+def align(tok, words: tuple[str, ...], max_length: int, bos: int, eos: int) -> tuple[list[int], list[int]]:
+    """(input_ids, word index per position: -1 for specials and non-first sub-words)."""
+    starts, pos = [], 0
+    for w in words:
+        starts.append(pos)
+        pos += len(w) + 1
+    enc = tok.backend.encode(" ".join(words), add_special_tokens=False)
+    ids, first_of, seen = [bos], [-1], set()
+    for t, (s, e) in zip(enc.ids, enc.offsets):
+        if len(ids) >= max_length - 1:
+            break
+        # the word holding the token's last character: a leading "▁" (the space) does not move it back
+        w = bisect.bisect_right(starts, max(s, e - 1)) - 1
+        ids.append(t)
+        first_of.append(w if w not in seen else -1)
+        seen.add(w)
+    return ids + [eos], first_of + [-1]
+
+
+def finetune_tagger(checkpoint, train: list[TokenExample], dev: list[TokenExample],
+                    tests: dict[str, list[TokenExample]], *, tokenizer=None,
+                    config: FinetuneConfig | None = None) -> tuple[dict, dict]:
+    config = config or FinetuneConfig()
+    tok = load_tokenizer(checkpoint, tokenizer)
+    labels = sorted({t for e in train for t in e.tags})
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    seed_everything(config.seed)
+    model = load_model(MmBertForTokenClassification, checkpoint, num_labels=len(labels))
+    bos, eos, pad = special_ids(tok, model.config)
+
+    def features(examples):
+        out = []
+        for e in examples:
+            ids, first_of = align(tok, e.tokens, config.max_length, bos, eos)
+            out.append({"input_ids": ids, "first_of": first_of,
+                        "labels": [label_id.get(e.tags[w], -100) if w >= 0 else -100 for w in first_of]})
+        return out
+
+    def collate(batch):
+        ids, mask = pad_batch([f["input_ids"] for f in batch], pad)
+        lab, _ = pad_batch([f["labels"] for f in batch], pad, value_pad=-100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+    @torch.inference_mode()
+    def predict(examples) -> list[list[str]]:
+        feats, out = features(examples), []
+        for i in range(0, len(feats), 64):
+            chunk = feats[i:i + 64]
+            b = collate(chunk)
+            pred = model(b["input_ids"], b["attention_mask"]).logits.argmax(-1).tolist()
+            for f, p, e in zip(chunk, pred, examples[i:i + 64]):
+                tags = ["O"] * len(e.tokens)
+                for pos, w in enumerate(f["first_of"]):
+                    if w >= 0:
+                        tags[w] = labels[p[pos]]
+                out.append(tags)
+        return out
+
+    def scores(examples):
+        s = entity_scores(predict(examples), [list(e.tags) for e in examples])
+        return {k: v for k, v in s.items() if k != "per_type"} | {"per_type_f1": s["per_type"]}
+
+    result = finetune(model, features(train), collate, lambda m: scores(dev)["f1"], config)
+    per_language = {lang: scores(ex) | {"sentences": len(ex)} for lang, ex in sorted(tests.items())}
+    info = {"labels": labels, "train_sentences": len(train), "dev_sentences": len(dev),
+            "best_step": result.best_step, "steps": result.steps, "dev_f1": result.best_score,
+            "finetune": config.to_dict()}
+    return per_language, info
+
+
+def run_ner(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=None, config=None,
+            languages=None, train_language: str = "und", **_) -> dict:
+    """Files: ``train`` (CoNLL), optional ``dev`` (else a seeded 10% of train), ``test`` files
+    (``LANG=PATH`` or the language shown by the file name); ``data`` DIR defaults: train, dev, test files
+    named ``train.txt`` / ``dev.txt`` / ``test.txt``."""
+    config = config or FinetuneConfig()
+    train_ex = read_conll(train or _in(data, "train.txt"), train_language)
+    if dev:
+        dev_ex = read_conll(dev, train_language)
+    else:
+        train_ex, dev_ex = split_dev(train_ex, seed=config.seed)
+    tests: dict[str, list[TokenExample]] = {}
+    for spec in test if isinstance(test, (list, tuple)) else [test or _in(data, "test.txt")]:
+        lang, path = parse_file_spec(spec)
+        tests.setdefault(lang or train_language, []).extend(read_conll(path, lang or train_language))
+    if languages:
+        tests = {k: v for k, v in tests.items() if k in set(languages)}
+    per_language, info = finetune_tagger(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer, config=config)
+    return {"primary": "f1", "per_language": per_language, "training": info}
+
+
+def _in(data, name: str) -> Path:
+    if data is None:
+        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
+    path = Path(data) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return path
