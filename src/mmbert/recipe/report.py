@@ -132,20 +132,31 @@ def heldout_curves(events: list[dict], group_of) -> dict[str, dict[str, list[tup
 
 
 def plot_heldout_curves(curves, path: Path, events: list[dict]) -> Path:
+    """Colour = language group, line style = decay variant; each variant's line continues the shared trunk."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    trunk = [s for s in curves if "/" not in s]
+    variants = [s for s in curves if "/" in s] or trunk[-1:]
     styles = ["-", "--", ":", "-."]
-    for i, (stage, groups) in enumerate(curves.items()):
-        for g, pts in groups.items():
-            if len(pts) < 1:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)], marker="o", ms=3,
-                    color=GROUP_COLORS.get(g, "k"), label=f"{GROUP_LABELS.get(g, g)} — {stage}")
+    for i, stage in enumerate(variants):
+        for g, color in GROUP_COLORS.items():
+            pts = sorted(p for t in trunk for p in curves[t].get(g, []))
+            if stage not in trunk:
+                pts += sorted(curves[stage].get(g, []))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)], marker="o", ms=3,
+                        color=color, lw=1.4)
     for step, phase in _phase_starts(events):
         ax.axvline(step, color="k", ls="--", lw=0.6)
+        ax.text(step, ax.get_ylim()[1], f" {phase}", va="top", fontsize=8)
+    handles = [Line2D([], [], color=c, lw=2, label=GROUP_LABELS[g]) for g, c in GROUP_COLORS.items()
+               if any(g in curves[s] for s in curves)]
+    handles += [Line2D([], [], color="k", ls=styles[i % len(styles)], label=s) for i, s in enumerate(variants)]
+    ax.legend(handles=handles, fontsize=7)
     ax.set(xlabel="optimizer step", ylabel="held-out MLM loss (group mean)",
-           title="Held-out loss by language group: the decay phase adds the low-resource languages")
-    ax.legend(fontsize=6, ncol=2)
+           title="Held-out loss by language group; the decay phase adds the low-resource languages")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
