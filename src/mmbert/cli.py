@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace | None]:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmbert", description="Multilingual ModernBERT encoders, end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     available = {}
@@ -45,12 +45,12 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
             parser.error(f"command {chosen!r} needs the package {e.name!r}: pip install 'mmbert[dev]'")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
-    return parser, None
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, _ = build_parser(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

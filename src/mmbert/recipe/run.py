@@ -29,7 +29,7 @@ from mmbert.recipe import report as rp
 
 RECIPE_KEYS = {"merge", "evaluate", "quick"}
 MERGE_KEYS = {"method", "density", "lambda", "weights", "normalize"}
-EVAL_KEYS = {"mask_ratio", "seq_len", "bitext", "seed", "languages"}
+EVAL_KEYS = {"mask_ratio", "seq_len", "bitext", "seed", "languages", "max_tokens_per_language"}
 
 
 @dataclass
@@ -147,7 +147,8 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict) -> 
         languages = None if options.get("languages", "all") == "all" else list(options["languages"])
         heldout = heldout_loss(model, tok, records=records, languages=languages,
                                mask_ratio=options.get("mask_ratio", 0.15), seq_len=options.get("seq_len", 256),
-                               seed=options.get("seed", 0))
+                               seed=options.get("seed", 0),
+                               max_tokens_per_language=options.get("max_tokens_per_language"))
         bitext = bitext_retrieval(model, tok, records=records, languages=languages) if options.get("bitext", True) else None
         results[name] = {"checkpoint": str(path), "heldout": heldout, "bitext": bitext}
         write_json(results[name], target)
