@@ -112,7 +112,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inp, gate = self.Wi(x).chunk(2, dim=-1)
-        return self.Wo(self.drop(self.act(inp) * gate))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.Wo(self.drop(self.act(inp) * gate))
+        return self.Wo(self.act(inp).mul_(gate))  # inference: no (N, intermediate) temporary
 
 
 class EncoderLayer(nn.Module):
