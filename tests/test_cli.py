@@ -1,7 +1,6 @@
 """The command line: dispatch, help, user errors as one clear line, and `mmbert info` against a real model."""
 
 import pytest
-import torch
 
 from mmbert import ModelConfig, MmBertForMaskedLM
 from mmbert.cli import COMMANDS, main

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from mmbert.merge import methods
 from mmbert.merge.safetensors_io import TensorInfo, read_header, read_tensor, sha256_file, write_streaming
+from mmbert.model.checkpoint import atomic_directory_write
 from mmbert.model.config import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -157,7 +157,7 @@ def merge(
             if (reference / name).is_file():
                 shutil.copyfile(reference / name, tmp / name)
 
-    return _atomic_directory(out, write)
+    return atomic_directory_write(out, write)
 
 
 def check_configs(dirs: Sequence[Path]) -> None:
@@ -227,26 +227,6 @@ def _unmergeable(name: str, dirs: Sequence[Path]) -> torch.Tensor:
         if not torch.equal(ref, read_tensor(d / WEIGHTS_NAME, name)):
             raise ValueError(f"tensor {name!r} ({ref.dtype}) differs between {dirs[0]} and {d}; it cannot be merged")
     return ref
-
-
-def _atomic_directory(target: Path, write) -> Path:
-    """``write(tmp)`` into a temporary sibling of ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def _version() -> str:

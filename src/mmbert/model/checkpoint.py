@@ -63,15 +63,18 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def atomic_directory_write(target: Path, write) -> Path:
-    """Run ``write(tmp_dir)`` then move ``tmp_dir`` into ``target``, replacing an older one."""
+    """Run ``write(tmp_dir)`` in a temporary sibling of ``target``, fsync what it wrote, then rename it into
+    place (replacing an older ``target``). A crash leaves either the old directory or the new one, never half."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)

@@ -171,7 +171,7 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
     if curves:
         rp.plot_heldout_curves(curves, figures / "heldout_curves.png", events)
     names = list(checkpoints)
-    before_name, merge_name, variant_names = names[0], names[-1], names[1:-1]
+    before_name, variant_names = names[0], names[1:-1]
     loss_of = {n: {lang: v["mlm_loss"] for lang, v in evaluations[n]["heldout"]["per_language"].items()} for n in names}
     after_name = next((n for n in variant_names if n.endswith("all")), variant_names[-1])
     rp.plot_before_after(loss_of[before_name], loss_of[after_name], language_group, figures / "before_after.png",

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbert.model import CheckpointError, ModelConfig, MmBertForMaskedLM, MmBertModel, mean_pool
+from mmbert.model.checkpoint import atomic_directory_write
 from mmbert.serve.encoder import load_tokenizer
 
 FORMATS = ("hf", "sentence-transformers", "onnx")
@@ -49,25 +48,7 @@ def export(checkpoint: str | os.PathLike, to: str, out: str | os.PathLike, *, ma
     if out.resolve() == checkpoint.resolve():
         raise ValueError("the export directory must differ from the checkpoint directory")
     ModelConfig.load(checkpoint)  # fail early, with the config's own message
-    return _write_directory(out, lambda tmp: writers[to](checkpoint, tmp, max_length))
-
-
-def _write_directory(target: Path, write: Callable[[Path], None]) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return atomic_directory_write(out, lambda tmp: writers[to](checkpoint, tmp, max_length))
 
 
 def _max_length(checkpoint: Path, max_length: int | None, tok) -> int:
