@@ -27,10 +27,10 @@ import torch
 from mmbert import ModelConfig, MmBertForMaskedLM, MmBertModel
 
 
-def make_batch(case: str, vocab: int, seed: int = 0):
+def make_batch(case: str, vocab: int, seed: int = 0, long_seqs: int = 4):
     g = torch.Generator().manual_seed(seed)
     if case == "infer-long":
-        lengths = [8192] * 4
+        lengths = [8192] * long_seqs
     else:
         lengths = torch.randint(16, 513, (32,), generator=g).tolist()
     ids = torch.randint(5, vocab, (len(lengths), max(lengths)), generator=g)
@@ -131,7 +131,7 @@ def useful_flops(cfg: ModelConfig, lengths: list[int]) -> float:
 def bench(args) -> dict:
     torch.manual_seed(0)
     cfg, ours, theirs = build(args.preset, args.case, args.device)
-    ids, mask, lengths = make_batch(args.case, cfg.vocab_size)
+    ids, mask, lengths = make_batch(args.case, cfg.vocab_size, long_seqs=args.long_seqs)
     fns = {w: runner(w, m, args.case, ids, mask, args.dtype, args.device) for w, m in (("ours", ours), ("theirs", theirs))}
     for fn in fns.values():  # warm-up
         fn()
@@ -155,19 +155,42 @@ def bench(args) -> dict:
     return result
 
 
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure_work_memory(which: str, args) -> float:
+    """In this (child) process: build both models, drop the other one, reset the peak-RSS mark, run the work
+    twice; return the peak RSS above the resting RSS (MiB) - the activations and temporaries of the work."""
+    import gc
+
+    cfg, ours, theirs = build(args.preset, args.case, args.device)
+    ids, mask, _ = make_batch(args.case, cfg.vocab_size, long_seqs=getattr(args, "long_seqs", 4))
+    model = ours if which == "ours" else theirs
+    del ours, theirs
+    fn = runner(which, model, args.case, ids, mask, args.dtype, args.device)
+    gc.collect()
+    rest = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets VmHWM (the peak RSS) to the current RSS
+        f.write("5")
+    fn()
+    fn()
+    return (_status_kib("VmHWM") - rest) / 1024
+
+
 def peak_memory(args, which: str) -> float:
-    """Peak RSS (MiB) of a child process that builds both models and runs only ``which``: same baseline."""
+    """Extra peak RSS (MiB) of ``which`` doing the work, measured in a fresh child process."""
     code = (
-        "import sys, resource, torch; sys.argv=['x']; from benchmarks.speed import *; "
-        f"cfg, ours, theirs = build({args.preset!r}, {args.case!r}, {args.device!r}); "
-        f"ids, mask, _ = make_batch({args.case!r}, cfg.vocab_size); "
-        f"m = ours if {which!r} == 'ours' else theirs; "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        f"fn = runner({which!r}, m, {args.case!r}, ids, mask, {args.dtype!r}, {args.device!r}); fn(); fn(); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+        "import sys, argparse; sys.path.insert(0, '.'); from benchmarks.speed import measure_work_memory; "
+        f"a = argparse.Namespace(preset={args.preset!r}, case={args.case!r}, device={args.device!r}, dtype={args.dtype!r}, "
+        f"long_seqs={args.long_seqs}); "
+        f"print(measure_work_memory({which!r}, a))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -177,7 +200,9 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--memory", action="store_true", help="also measure peak RSS of each side in a child process")
+    p.add_argument("--long-seqs", type=int, default=4, help="infer-long: how many 8,192-token sequences")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure each side's peak RSS above its resting RSS, in a child process (Linux)")
     args = p.parse_args()
     cases = ["infer-var", "infer-long", "train"] if args.case == "all" else [args.case]
     for case in cases:

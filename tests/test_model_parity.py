@@ -239,3 +239,45 @@ def test_bf16_autocast_error_is_no_worse_than_transformers_own():
     their_err = (theirs_bf16 - reference).abs().max().item()
     assert our_err <= 0.1, f"bf16 max abs error {our_err:.3g}"
     assert our_err <= 1.5 * their_err + 1e-3, f"ours {our_err:.3g} vs transformers' own bf16 {their_err:.3g}"
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_training_loss_matches_the_plain_decoder_loss_and_gradients(autocast):
+    """Training (grad on) fuses decoder + cross-entropy in chunks; it must equal the unfused computation."""
+    from mmbert.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = (torch.randn(50, 16) * 0.3).requires_grad_()
+    b = (torch.randn(50) * 0.1).requires_grad_()
+    y = torch.randint(0, 50, (37,))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fused = linear_cross_entropy(h, w, b, y, chunk=8)  # 5 chunks, the last one partial
+    fused_grads = torch.autograd.grad(fused * 3.0, (h, w, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = torch.nn.functional.linear(h, w, b)
+    plain = torch.nn.functional.cross_entropy(logits.float(), y)
+    plain_grads = torch.autograd.grad(plain * 3.0, (h, w, b))
+    tol = 2e-2 if autocast else 1e-5
+    assert_close(fused, plain, tol * 0.1, "loss")
+    for name, a, e in zip("hwb", fused_grads, plain_grads):
+        assert_close(a, e, tol * e.abs().max().item(), f"grad {name}")
+
+
+def test_training_step_of_the_model_uses_the_fused_loss_with_equal_gradients():
+    cfg = CONFIGS["tiny"]
+    model = MmBertForMaskedLM(cfg)
+    ids, mask = ragged_batch(cfg.vocab_size)
+    labels = torch.where((torch.rand(ids.shape) < 0.3) & mask.bool(), ids, torch.full_like(ids, -100))
+    out = model(ids, mask, labels=labels)
+    assert out.logits is None  # fused path
+    out.loss.backward()
+    fused = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.no_grad():
+        reference_loss = model(ids, mask, labels=labels).loss
+    assert_close(out.loss, reference_loss, 1e-5, "loss")
+    hidden = model.model(ids, mask).last_hidden_state[labels != -100]
+    torch.nn.functional.cross_entropy(model.decoder(model.head(hidden)), labels[labels != -100]).backward()
+    for k, p in model.named_parameters():
+        assert_close(fused[k], p.grad, 1e-5, k)

@@ -22,12 +22,19 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses(tmp_path):
     try:
         # kill inside phase b, after its first mid-phase checkpoint and after at least one more step, so
         # the resume restores data position, optimizer, RNG and counters mid-phase and replays steps
-        while time.time() < deadline:
+        # the victim is frozen (SIGSTOP) while we check, so a checkpoint cannot land between check and kill
+        def ready() -> bool:
             rs = records(killed_dir)
             ckpts = [r["step"] for r in rs if r.get("event") == "checkpoint" and r["step"] >= 8]
-            if ckpts and any("event" not in r and r["step"] > ckpts[0] for r in rs):
-                break
+            return bool(ckpts) and any("event" not in r and r["step"] > max(ckpts) for r in rs)
+
+        while time.time() < deadline:
             assert victim.poll() is None, f"finished before it could be killed: {victim.stderr.read()}"
+            if ready():
+                victim.send_signal(signal.SIGSTOP)
+                if ready():
+                    break
+                victim.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(30) == -signal.SIGKILL

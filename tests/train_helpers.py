@@ -50,7 +50,9 @@ def records(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # a line being written is skipped
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def losses(run_dir: Path) -> dict[int, list[float]]:

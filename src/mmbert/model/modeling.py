@@ -26,6 +26,7 @@ from torch import nn
 from mmbert.model.attention import VarlenBatch, padded_attention, varlen_attention
 from mmbert.model.checkpoint import PretrainedMixin
 from mmbert.model.config import ModelConfig
+from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.rope import apply_rotary, rotary_cos_sin
 
 ACTIVATIONS = {
@@ -51,7 +52,9 @@ class EncoderOutput:
 @dataclass
 class MaskedLMOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor  # (B, T, V) / (N, V); with labels: (M, V) over the M predicted positions only
+    # (B, T, V) / (N, V); with labels: (M, V) over the M predicted positions only; None when the loss was
+    # computed fused with the decoder (training: see loss.py)
+    logits: torch.Tensor | None
     last_hidden_state: torch.Tensor
 
 
@@ -306,7 +309,8 @@ class MmBertForMaskedLM(MmBertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
     ) -> MaskedLMOutput:
         """Without labels: logits at every position. With labels (-100 = not predicted): the loss and the
-        logits of the predicted positions only, (M, V) in flattened order."""
+        logits of the predicted positions only, (M, V) in flattened order - except when gradients are on,
+        where the loss is fused with the decoder and no logits are returned."""
         hidden = self.model(
             input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, position_ids=position_ids
         ).last_hidden_state
@@ -314,9 +318,11 @@ class MmBertForMaskedLM(MmBertPreTrainedModel):
             return MaskedLMOutput(None, self.decoder(self.head(hidden)), hidden)
         flat_labels = labels.reshape(-1)
         selected = flat_labels != -100
-        logits = self.decoder(self.head(hidden.reshape(-1, hidden.shape[-1])[selected]))
-        if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still has a graph
-            loss = logits.sum() * 0.0
-        else:
-            loss = F.cross_entropy(logits.float(), flat_labels[selected])
-        return MaskedLMOutput(loss, logits, hidden)
+        predicted = self.head(hidden.reshape(-1, hidden.shape[-1])[selected])  # (M, H)
+        if predicted.shape[0] == 0:  # nothing masked in this batch: a zero loss that still has a graph
+            return MaskedLMOutput(predicted.sum() * 0.0, None, hidden)
+        if torch.is_grad_enabled() and predicted.requires_grad:
+            loss = linear_cross_entropy(predicted, self.decoder.weight, self.decoder.bias, flat_labels[selected])
+            return MaskedLMOutput(loss, None, hidden)
+        logits = self.decoder(predicted)
+        return MaskedLMOutput(F.cross_entropy(logits.float(), flat_labels[selected]), logits, hidden)

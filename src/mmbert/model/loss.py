@@ -1,0 +1,85 @@
+"""Masked-LM loss fused with the decoder, chunked over rows (the idea of Liger-Kernel's fused linear
+cross-entropy, in plain PyTorch).
+
+With a 256k vocabulary the decoder's logits dominate an MLM training step: 2,565 predicted tokens x 256,000
+classes is 657M floats (2.6 GB in fp32), written, up-cast, log-softmaxed and read back for the gradient.
+Here each chunk of rows computes its logits, log-sum-exp, loss *and* gradients (softmax - one-hot) at once, so
+the full logits never exist; the forward returns the mean loss and keeps only the gradients for the backward.
+Matmuls run in ``compute_dtype`` (bf16 under autocast), the softmax in fp32, as the unfused path does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk: int, compute_dtype: torch.dtype):
+        m = hidden.shape[0]
+        w = weight.to(compute_dtype)
+        needs = ctx.needs_input_grad
+        grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if needs[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None and needs[2] else None
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        for start in range(0, m, chunk):
+            h = hidden[start : start + chunk].to(compute_dtype)  # (c, H)
+            y = labels[start : start + chunk]
+            logits = (h @ w.T).float()  # (c, V)
+            if bias is not None:
+                logits += bias.float()
+            lse = torch.logsumexp(logits, dim=-1)  # (c,)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            # d(mean loss)/d(logits) * m = softmax - one-hot, built in place of the logits
+            probs = logits.sub_(lse[:, None]).exp_()
+            probs[torch.arange(len(y), device=y.device), y] -= 1.0
+            if grad_b is not None:
+                grad_b += probs.sum(dim=0)
+            g = probs.to(compute_dtype)
+            if grad_h is not None:
+                grad_h[start : start + chunk] = (g @ w).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w.addmm_(g.T, h, out_dtype=torch.float32) if _ADDMM_OUT_DTYPE else grad_w.add_((g.T @ h).float())
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
+        ctx.layout = (grad_h is not None, grad_w is not None, grad_b is not None)
+        ctx.m, ctx.weight_dtype, ctx.bias_dtype = m, weight.dtype, None if bias is None else bias.dtype
+        return (total / m).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        saved = iter(ctx.saved_tensors)
+        scale = grad_loss / ctx.m
+        has_h, has_w, has_b = ctx.layout
+        grad_h = next(saved) * scale.to(torch.float32) if has_h else None
+        grad_w = (next(saved) * scale).to(ctx.weight_dtype) if has_w else None
+        grad_b = (next(saved) * scale).to(ctx.bias_dtype) if has_b else None
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def _addmm_supports_out_dtype() -> bool:
+    try:
+        torch.zeros(1, 1).addmm_(torch.zeros(1, 1, dtype=torch.bfloat16), torch.zeros(1, 1, dtype=torch.bfloat16),
+                                 out_dtype=torch.float32)
+        return True
+    except Exception:  # noqa: BLE001 - older torch: accumulate through a temporary
+        return False
+
+
+_ADDMM_OUT_DTYPE = _addmm_supports_out_dtype()
+
+
+# Rows per chunk: about 2^28 logits (1 GiB in fp32). Measured on a 2-core CPU, 2,565 rows x 256k vocab in bf16:
+# unfused 8.2 s forward+backward, chunks of 256 rows 6.8 s, of 1,024 rows 5.7 s.
+CHUNK_LOGITS = 2**28
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` (all valid), without materialising
+    the (M, V) logits. Under CPU/CUDA autocast the matmuls run in the autocast dtype."""
+    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
+    device_type = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk, compute_dtype)
