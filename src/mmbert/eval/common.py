@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbert.model import MmBertModel
+from mmbert.serve.batching import pack_by_tokens
 from mmbert.tokenizer import Tokenizer
 
 
@@ -89,20 +90,14 @@ def pad_batch(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) 
     return ids, mask
 
 
-def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped, longest first, so that each group holds at most ``max_tokens`` tokens (or one
-    sequence): few, full unpadded batches."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups, cur, total = [], [], 0
-    for i in order:
-        if cur and total + lengths[i] > max_tokens:
-            groups.append(cur)
-            cur, total = [], 0
-        cur.append(i)
-        total += lengths[i]
-    if cur:
-        groups.append(cur)
-    return groups
+def data_file(data, name: str) -> Path:
+    """``data/name`` of a benchmark folder, with a clear error when either is missing."""
+    if data is None:
+        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
+    path = Path(data) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return path
 
 
 @torch.inference_mode()
@@ -116,7 +111,7 @@ def embed(model, tok: Tokenizer, texts: list[str], max_length: int = 256, max_to
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
-    for group in token_batches([len(s) for s in seqs], max_tokens):
+    for group in pack_by_tokens([len(s) for s in seqs], max_tokens):
         lengths = torch.tensor([len(seqs[i]) for i in group])
         flat = torch.tensor([t for i in group for t in seqs[i]], dtype=torch.long, device=device)
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32).to(device)

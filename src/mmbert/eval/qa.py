@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mmbert.eval.classification import split_dev
-from mmbert.eval.common import load_model, load_tokenizer, pad_batch, special_ids
+from mmbert.eval.common import data_file, load_model, load_tokenizer, pad_batch, special_ids
 from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
 from mmbert.eval.loaders import QAExample, parse_file_spec, read_squad_json
 from mmbert.eval.metrics import squad_scores
@@ -118,14 +118,14 @@ def run_qa(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=
     ``test`` (one or more files, ``LANG=PATH`` or language from TyDiQA ids / the file name); with ``data``
     DIR the defaults are ``DIR/train.json`` and ``DIR/dev.json``."""
     config = config or FinetuneConfig(max_length=256)
-    train_path = Path(train) if train else _in(data, "train.json")
+    train_path = Path(train) if train else data_file(data, "train.json")
     train_ex = read_squad_json(train_path)
     if dev:
         dev_ex = read_squad_json(dev)
     else:
         train_ex, dev_ex = split_dev(train_ex, seed=config.seed)
     tests: dict[str, list[QAExample]] = {}
-    for spec in test if isinstance(test, (list, tuple)) else [test or _in(data, "dev.json")]:
+    for spec in test if isinstance(test, (list, tuple)) else [test or data_file(data, "dev.json")]:
         lang, path = parse_file_spec(spec)
         for e in read_squad_json(path, lang):
             tests.setdefault(e.lang, []).append(e)
@@ -134,12 +134,3 @@ def run_qa(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=
     per_language, info = finetune_qa(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer, config=config,
                                      stride=stride)
     return {"primary": "f1", "per_language": per_language, "training": info}
-
-
-def _in(data, name: str) -> Path:
-    if data is None:
-        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
-    path = Path(data) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    return path

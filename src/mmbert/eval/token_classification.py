@@ -9,12 +9,11 @@ train on one language's file, test on the others.
 from __future__ import annotations
 
 import bisect
-from pathlib import Path
 
 import torch
 
 from mmbert.eval.classification import split_dev
-from mmbert.eval.common import load_model, load_tokenizer, pad_batch, special_ids
+from mmbert.eval.common import data_file, load_model, load_tokenizer, pad_batch, special_ids
 from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
 from mmbert.eval.loaders import TokenExample, parse_file_spec, read_conll
 from mmbert.eval.metrics import entity_scores
@@ -97,25 +96,16 @@ def run_ner(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer
     (``LANG=PATH`` or the language shown by the file name); ``data`` DIR defaults: train, dev, test files
     named ``train.txt`` / ``dev.txt`` / ``test.txt``."""
     config = config or FinetuneConfig()
-    train_ex = read_conll(train or _in(data, "train.txt"), train_language)
+    train_ex = read_conll(train or data_file(data, "train.txt"), train_language)
     if dev:
         dev_ex = read_conll(dev, train_language)
     else:
         train_ex, dev_ex = split_dev(train_ex, seed=config.seed)
     tests: dict[str, list[TokenExample]] = {}
-    for spec in test if isinstance(test, (list, tuple)) else [test or _in(data, "test.txt")]:
+    for spec in test if isinstance(test, (list, tuple)) else [test or data_file(data, "test.txt")]:
         lang, path = parse_file_spec(spec)
         tests.setdefault(lang or train_language, []).extend(read_conll(path, lang or train_language))
     if languages:
         tests = {k: v for k, v in tests.items() if k in set(languages)}
     per_language, info = finetune_tagger(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer, config=config)
     return {"primary": "f1", "per_language": per_language, "training": info}
-
-
-def _in(data, name: str) -> Path:
-    if data is None:
-        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
-    path = Path(data) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    return path
