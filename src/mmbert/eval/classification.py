@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mmbert.eval.common import encode, load_model, load_tokenizer, pad_batch, special_ids
+from mmbert.eval.common import data_file, encode, load_model, load_tokenizer, pad_batch, special_ids
 from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
 from mmbert.eval.loaders import TSV_FORMATS, TextExample, TsvFormat, parse_file_spec, read_tsv
 from mmbert.eval.metrics import classification_scores
@@ -96,13 +96,13 @@ def run_glue(checkpoint, name: str, *, data=None, train=None, dev=None, test=Non
         raise ValueError(f"unknown GLUE task {name!r}; known: {sorted(set(TSV_FORMATS) - {'xnli'})}")
     fmt = TSV_FORMATS[name]
     config = config or FinetuneConfig()
-    train_path = Path(train or _need(data, "train.tsv"))
+    train_path = Path(train or data_file(data, "train.tsv"))
     train_ex = read_tsv(train_path, fmt, lang)
     if dev:
         dev_ex = read_tsv(dev, fmt, lang)
     else:
         train_ex, dev_ex = split_dev(train_ex, seed=config.seed)
-    tests = _test_sets(test or [_need(data, "dev.tsv")], fmt, lang)
+    tests = _test_sets(test or [data_file(data, "dev.tsv")], fmt, lang)
     per_language, info = finetune_classifier(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer,
                                              config=config, positive=fmt.positive, primary=fmt.primary)
     return {"primary": fmt.primary, "per_language": per_language, "training": info}
@@ -113,7 +113,7 @@ def run_xnli(checkpoint, *, data=None, train=None, dev=None, test=None, tokenize
              train_format: str = "mnli", **_) -> dict:
     """Zero-shot cross-lingual XNLI: train on ``train_language`` only, test on every (or the listed) language."""
     config = config or FinetuneConfig()
-    dev_path = Path(dev or _need(data, "xnli.dev.tsv"))
+    dev_path = Path(dev or data_file(data, "xnli.dev.tsv"))
     dev_all = read_tsv(dev_path, "xnli")
     dev_ex = [e for e in dev_all if e.lang == train_language]
     if train:
@@ -123,7 +123,7 @@ def run_xnli(checkpoint, *, data=None, train=None, dev=None, test=None, tokenize
         train_ex, dev_ex = split_dev(dev_ex, seed=config.seed)
     if not train_ex or not dev_ex:
         raise ValueError(f"no {train_language!r} examples to train on / stop early with in {train or dev_path}")
-    tests = by_language(read_tsv(test or _need(data, "xnli.test.tsv"), "xnli"))
+    tests = by_language(read_tsv(test or data_file(data, "xnli.test.tsv"), "xnli"))
     if languages:
         tests = {k: v for k, v in tests.items() if k in set(languages)}
     per_language, info = finetune_classifier(checkpoint, train_ex, dev_ex, tests, tokenizer=tokenizer, config=config)
@@ -143,12 +143,3 @@ def _test_sets(specs, fmt: TsvFormat, default_lang: str) -> dict[str, list[TextE
 def _has_column(path, name: str) -> bool:
     with open(path, encoding="utf-8") as f:
         return name in f.readline().rstrip("\n").split("\t")
-
-
-def _need(data, filename: str) -> Path:
-    if data is None:
-        raise ValueError(f"give --data DIR (holding {filename}) or the file itself")
-    path = Path(data) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (expected in the benchmark's own layout)")
-    return path

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmbert.model import MmBertModel
+from mmbert.model import MmBertModel, varlen_mean_pool
 from mmbert.serve.batching import pack_by_tokens
 from mmbert.tokenizer import Tokenizer
 
@@ -93,10 +93,10 @@ def pad_batch(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) 
 def data_file(data, name: str) -> Path:
     """``data/name`` of a benchmark folder, with a clear error when either is missing."""
     if data is None:
-        raise ValueError(f"give --data DIR (holding {name}) or --train/--test files")
+        raise ValueError(f"give --data DIR (holding {name}) or the files themselves (--train/--dev/--test)")
     path = Path(data) / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise FileNotFoundError(f"{path} not found (expected in the benchmark's own layout)")
     return path
 
 
@@ -117,9 +117,7 @@ def embed(model, tok: Tokenizer, texts: list[str], max_length: int = 256, max_to
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden = encoder(flat, cu_seqlens=cu, max_seqlen=int(lengths.max())).last_hidden_state.float()  # (N, H)
-        seq = torch.repeat_interleave(torch.arange(len(group), device=device), lengths.to(device))
-        pooled = torch.zeros(len(group), hidden.shape[-1], device=device).index_add_(0, seq, hidden)
-        pooled = pooled / lengths.to(device).unsqueeze(-1)
+        pooled = varlen_mean_pool(hidden, cu)
         if normalize:
             pooled = F.normalize(pooled, dim=-1)
         out[group] = pooled.cpu().numpy()

@@ -8,11 +8,12 @@ from mmbert.model.heads import (
     MmBertForSequenceClassification,
     MmBertForTokenClassification,
     mean_pool,
+    varlen_mean_pool,
 )
 from mmbert.model.modeling import EncoderOutput, MaskedLMOutput, MmBertForMaskedLM, MmBertModel
 
 __all__ = [
     "PRESETS", "CheckpointError", "EncoderOutput", "MaskedLMOutput", "ModelConfig", "MmBertForEmbedding",
     "MmBertForMaskedLM", "MmBertForQuestionAnswering", "MmBertForSequenceClassification",
-    "MmBertForTokenClassification", "MmBertModel", "mean_pool",
+    "MmBertForTokenClassification", "MmBertModel", "mean_pool", "varlen_mean_pool",
 ]

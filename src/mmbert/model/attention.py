@@ -39,10 +39,6 @@ class VarlenBatch:
     block: int  # query block of the banded local attention
     _band_mask: torch.Tensor | None = None
 
-    @property
-    def num_tokens(self) -> int:
-        return int(sum(self.seqlens))
-
     @classmethod
     def from_cu_seqlens(
         cls, cu_seqlens: torch.Tensor, window: int, max_seqlen: int | None = None,

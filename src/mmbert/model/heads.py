@@ -37,6 +37,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+def varlen_mean_pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Average of each sequence's vectors in an unpadded stream: (N, H), (D+1,) -> (D, H)."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    pooled = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+    pooled.index_add_(0, seq, hidden)
+    return pooled / lengths.unsqueeze(-1).to(hidden.dtype)
+
+
 class _HeadModel(MmBertPreTrainedModel):
     init_if_missing = ("head.", "classifier.")
 
@@ -127,12 +136,7 @@ class MmBertForEmbedding(MmBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, *, cu_seqlens=None, normalize: bool = True) -> torch.Tensor:
         if cu_seqlens is not None:  # unpadded: one vector per sequence of the stream
-            hidden = self.model(input_ids, cu_seqlens=cu_seqlens).last_hidden_state  # (N, H)
-            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-            seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
-            pooled = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-            pooled.index_add_(0, seq, hidden)
-            pooled = pooled / lengths.unsqueeze(-1).to(hidden.dtype)
+            pooled = varlen_mean_pool(self.model(input_ids, cu_seqlens=cu_seqlens).last_hidden_state, cu_seqlens)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
