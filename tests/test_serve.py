@@ -17,7 +17,7 @@ import torch
 from mmbert import MmBertForEmbedding, MmBertForMaskedLM
 from mmbert.cli import main as cli_main
 from mmbert.serve import Encoder
-from mmbert.serve.batching import pack_by_tokens
+from mmbert.model.batching import pack_by_tokens
 from tests.serve_helpers import TEXTS, assert_allclose, make_checkpoint
 
 ATOL = 1e-6

@@ -15,6 +15,7 @@ import mmbert.tokenizer as tokenizer_module
 from mmbert.cli import main
 from mmbert.corpus import Record
 from mmbert.corpus.coverage import format_table, measure, write_report
+from mmbert.corpus.tokenizer_training import train_on_corpus
 from mmbert.model.config import ModelConfig
 from mmbert.tokenizer import (
     BYTE_TOKENS,
@@ -24,7 +25,6 @@ from mmbert.tokenizer import (
     balanced_texts,
     canonical_pieces,
     default_tokenizer_path,
-    train_on_corpus,
     train_tokenizer,
 )
 

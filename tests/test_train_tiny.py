@@ -1,7 +1,7 @@
 """The shipped tiny recipe on the shipped corpus: every phase and variant runs, languages are added between
 phases, and the log holds per-language held-out losses."""
 
-from mmbert.train import train
+from mmbert.recipe.training import train
 from tests.train_helpers import records
 
 

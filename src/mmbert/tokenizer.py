@@ -17,7 +17,8 @@ Training choices (``train_tokenizer``):
   insist on a piece for every character it sees).
 - Language-balanced text: per language id, ``p ∝ n^τ`` over character counts (τ = 0.3 by default, as
   mmBERT's last phase), realised by repeating or subsampling whole articles to a fixed character budget,
-  so small languages and scripts get pieces. Held-out articles are dropped before sampling.
+  so small languages and scripts get pieces. The texts come from the caller (``corpus.tokenizer_training``
+  gives the shipped corpus's training articles: the held-out ones are dropped there).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
@@ -34,8 +35,6 @@ from typing import Iterable
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
 
-from mmbert.corpus.records import Record
-from mmbert.corpus.split import split_heldout
 
 PAD, EOS, BOS, UNK, MASK = "<pad>", "<eos>", "<bos>", "<unk>", "<mask>"
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK, MASK)  # ids 0..4, Gemma-2's order
@@ -275,26 +274,3 @@ def train_tokenizer(texts: Iterable[str], config: TrainConfig | None = None) -> 
     floor = min((s for _, s in pieces), default=0.0) - 1000.0
     vocab = [(t, 0.0) for t in SPECIAL_TOKENS] + [(b, floor) for b in BYTE_TOKENS] + pieces
     return Tokenizer(build_backend(vocab), model_max_length=config.model_max_length)
-
-
-def train_on_corpus(records: list[Record], config: TrainConfig | None = None) -> tuple[Tokenizer, dict]:
-    """Train on a corpus's *training* articles, balanced over ``lang_id``; returns the tokenizer and a
-    provenance dict (saved beside the shipped tokenizer)."""
-    config = config or TrainConfig()
-    train, _ = split_heldout(records)
-    groups: dict[str, list[str]] = defaultdict(list)
-    for r in train:
-        groups[r.lang_id].append(r.text)
-    texts = balanced_texts(groups, config.tau, config.budget_chars, config.seed)
-    tok = train_tokenizer(texts, config)
-    info = {
-        **asdict(config),
-        "algorithm": "unigram+byte_fallback",
-        "languages": len(groups),
-        "training_records": len(train),
-        "balanced_texts": len(texts),
-        "balanced_chars": sum(map(len, texts)),
-        "heldout_articles_excluded": True,
-        "final_vocab_size": tok.vocab_size,
-    }
-    return tok, info

@@ -48,7 +48,8 @@ def _load(path):
 
 def _train(args: argparse.Namespace) -> int:
     from mmbert.corpus import load_corpus
-    from mmbert.tokenizer import TrainConfig, default_tokenizer_path, train_on_corpus
+    from mmbert.corpus.tokenizer_training import train_on_corpus
+    from mmbert.tokenizer import TrainConfig, default_tokenizer_path
 
     config = TrainConfig(vocab_size=args.vocab_size, tau=args.tau, budget_chars=args.budget_chars,
                          character_coverage=args.character_coverage, seed=args.seed)

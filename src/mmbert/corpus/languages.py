@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import functools
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -153,6 +153,17 @@ def mmbert_token_counts(lang_id: str, phase: str) -> int:
 def corpus_phase_languages(phase: str, lang_ids: list[str]) -> list[str]:
     """The corpus ids whose language mmBERT trained in ``phase``."""
     return sorted(i for i in lang_ids if mmbert_token_counts(i, phase) > 0)
+
+
+def published_sizes(lang_ids: list[str], phase: str) -> dict[str, int]:
+    """n_i for p ∝ n^τ from mmBERT's published counts of ``phase``: a language's count split evenly among its
+    corpus versions (``cmn_Hans`` / ``cmn_Hant``); 0 for an id whose language the table lacks."""
+    versions = Counter(corpus_to_mmbert(k) for k in lang_ids)
+    sizes = {}
+    for k in lang_ids:
+        n = mmbert_token_counts(k, phase)
+        sizes[k] = n // versions[corpus_to_mmbert(k)] if n else 0
+    return sizes
 
 
 @dataclass(frozen=True)

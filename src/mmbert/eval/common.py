@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbert.model import MmBertModel, varlen_mean_pool
-from mmbert.serve.batching import pack_by_tokens
+from mmbert.model.batching import pack_by_tokens
 from mmbert.tokenizer import Tokenizer
 
 

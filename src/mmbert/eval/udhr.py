@@ -1,7 +1,7 @@
 """Offline evaluations on the shipped UDHR corpus, one number per language for every language in it.
 
 - ``heldout_loss``: per-language masked-LM loss on the held-out articles 25-30 (fixed masking; the
-  trainer's ``mmbert.train.heldout.heldout_mlm_loss``), and its exponential (perplexity of the masked tokens).
+  trainer's ``mmbert.eval.heldout.heldout_mlm_loss``), and its exponential (perplexity of the masked tokens).
 - ``bitext_retrieval``: the shape of MTEB's bitext-mining tasks (Tatoeba, FLORES): each held-out article of a
   language is matched to its English version among all held-out English articles by the cosine of
   mean-pooled embeddings, and back (each English article among the language's held-out articles);
@@ -28,6 +28,7 @@ from mmbert.corpus.languages import lang_of
 from mmbert.eval.classification import finetune_classifier
 from mmbert.eval.common import embed, encoder_of, load_model, load_tokenizer
 from mmbert.eval.finetune import FinetuneConfig
+from mmbert.eval.heldout import heldout_mlm_loss
 from mmbert.eval.loaders import TextExample
 from mmbert.eval.metrics import f1_per_class, macro_f1, top1_correct
 from mmbert.eval.report import summarize
@@ -90,8 +91,6 @@ def heldout_loss(model_or_path, tokenizer=None, *, records=None, languages=None,
                  seq_len: int = 256, seed: int = 0, batch_tokens: int = 8192,
                  max_tokens_per_language: int | None = None) -> dict:
     """Per-language masked-token cross-entropy (and its exp) on the held-out articles."""
-    from mmbert.train.heldout import heldout_mlm_loss
-
     tok = load_tokenizer(model_or_path, tokenizer)
     model = load_model(MmBertForMaskedLM, model_or_path) if not hasattr(model_or_path, "config") else model_or_path
     texts = {lang: [t for _, t in sorted(arts.items())] for lang, arts in _heldout_by_lang(_records(records, languages)).items()}

@@ -74,7 +74,7 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | No
 def run_recipe(config_path: str | Path, run_dir: str | Path | None = None, quick: bool = False,
                overrides: list[str] | None = None) -> Path:
     """Run (or finish) the recipe into ``run_dir``; return the report's path."""
-    from mmbert.train import train
+    from mmbert.recipe.training import train
 
     t0 = time.perf_counter()
     config_path = Path(config_path)

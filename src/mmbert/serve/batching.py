@@ -1,9 +1,4 @@
-"""Token-budgeted batching: the packing rule (a pure function) and the server's request micro-batcher.
-
-Packing follows the unpadded execution of the encoder (``model/modeling.py``): a batch is a stream of
-whole sequences whose lengths sum to at most ``budget`` tokens, so its cost is set by tokens, not by
-``batch_size x longest``. Sequences are taken longest first, which keeps the big ones together and makes
-the number of batches close to ``total_tokens / budget`` on mixed lengths.
+"""The server's request micro-batcher (the packing rule itself is ``model.batching.pack_by_tokens``).
 
 The micro-batcher is the dynamic batching of inference servers (Triton, TEI): requests that arrive within
 ``max_wait_ms`` of the first one, up to ``max_batch_tokens``, share one forward pass in a single worker
@@ -16,32 +11,9 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
-
-
-def pack_by_tokens(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches of at most ``budget`` tokens, longest first.
-
-    A sequence longer than ``budget`` gets a batch of its own (it must run somewhere). Every index
-    appears exactly once.
-    """
-    if budget < 1:
-        raise ValueError(f"token budget must be >= 1, got {budget}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i in order:
-        if current and used + lengths[i] > budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += lengths[i]
-    if current:
-        batches.append(current)
-    return batches
 
 
 @dataclass

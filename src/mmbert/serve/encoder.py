@@ -8,7 +8,7 @@ Choices:
 - Embeddings are the mean over real tokens of the last layer, L2-normalised (``MmBertForEmbedding``, the
   sentence-transformers layout Transformer -> Pooling(mean) -> Normalize that ``export.py`` writes).
 - Texts are tokenised with the checkpoint's own ``tokenizer.json``, sorted by length and packed into
-  token-budgeted batches (``batching.pack_by_tokens``) that run *unpadded* (``cu_seqlens``): no compute on
+  token-budgeted batches (``model.batching.pack_by_tokens``) that run *unpadded* (``cu_seqlens``): no compute on
   pads, so mixed lengths do not collapse throughput. Outputs come back in input order.
 - A text longer than ``max_length`` tokens (default: the smaller of the tokenizer's ``model_max_length``
   and the model's ``max_position_embeddings``) is truncated: its content is cut, the special tokens that
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mmbert.model import CheckpointError, ModelConfig, MmBertForEmbedding, MmBertForMaskedLM
-from mmbert.serve.batching import pack_by_tokens
+from mmbert.model.batching import pack_by_tokens
 from mmbert.tokenizer import Tokenizer
 
 DEFAULT_BATCH_TOKENS = 16_384  # 16k tokens: ~1 GB of activations at H=768 in fp32; fine on CPU and GPU

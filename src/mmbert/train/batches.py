@@ -15,6 +15,7 @@ Choices:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from mmbert.data.masking import mask_tokens
 from mmbert.data.packing import assemble_batch
 from mmbert.data.sampling import language_probabilities, rng_for, torch_seed_for
 from mmbert.train.config import TrainConfig
+from mmbert.train.hooks import TrainerHooks
 from mmbert.train.parallel import World, barrier
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,9 @@ class Corpus:
     sizes: dict[str, int]  # language -> bytes (synthetic: nominal sizes)
 
 
-def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World) -> Corpus:
-    """Export the builtin corpus (rank 0, once), and measure language sizes (cached beside the manifest)."""
+def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World, hooks: TrainerHooks = TrainerHooks()) -> Corpus:
+    """Export the builtin corpus (``hooks.export_builtin``; rank 0, once), and measure language sizes (cached
+    beside the manifest)."""
     d = cfg.data
     if d.synthetic:
         sizes = {f"syn_{i:03d}": 1000 * 2**i for i in range(d.synthetic_languages)}
@@ -52,12 +55,11 @@ def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World) -> Corpus:
     from mmbert.data import load_manifest
     from mmbert.data.sizes import measure_sizes
 
-    if d.builtin == "udhr":
+    if d.builtin is not None:
         manifest = run_dir / "corpus" / "manifest.yaml"
+        export = hooks.need("export_builtin", f"data.builtin: {d.builtin}")
         if world.is_main and not manifest.is_file():
-            from mmbert.corpus import export_corpus
-
-            export_corpus(run_dir / "corpus")
+            export(d.builtin, run_dir / "corpus")
         barrier()
     else:
         manifest = Path(d.manifest)
@@ -70,6 +72,21 @@ def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World) -> Corpus:
     sizes = {k: v["bytes"] for k, v in measure_sizes(m).items() if v["bytes"]}
     heldout = Path(d.heldout_dir) if d.heldout_dir else manifest.parent / "heldout"
     return Corpus(manifest, heldout if heldout.is_dir() else None, sizes)
+
+
+def load_heldout_texts(directory: str | Path, languages: list[str] | None = None) -> dict[str, list[str]]:
+    """``{lang: [text, ...]}`` from ``directory/<lang>.jsonl`` (the corpus exporter's ``heldout/``)."""
+    directory = Path(directory)
+    out: dict[str, list[str]] = {}
+    for f in sorted(directory.glob("*.jsonl")):
+        lang = f.name[: -len(".jsonl")]
+        if languages is not None and lang not in languages:
+            continue
+        with open(f, encoding="utf-8") as fh:
+            texts = [json.loads(line)["text"] for line in fh if line.strip()]
+        if texts:
+            out[lang] = texts
+    return out
 
 
 def build_source(corpus: Corpus, tokenizer, *, languages: list[str], sizes: dict[str, int], tau: float,

@@ -1,4 +1,6 @@
-"""Command line of the trainer, shared by ``mmbert train`` and ``python -m mmbert.train`` (torchrun)."""
+"""Command line of the trainer, shared by ``mmbert train`` and ``python -m mmbert.train`` (torchrun).
+
+An entry point, though it lives in ``train/``: it may import the recipe layer; nothing in ``train`` imports it."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmbert.recipe.training import train  # the shipped corpus and mmBERT's tables resolve config names
     from mmbert.train.config import describe, load_config
-    from mmbert.train.trainer import train
 
     if args.help_config:
         print(describe())

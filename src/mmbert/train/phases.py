@@ -10,18 +10,19 @@ Choices:
   (mmBERT's published language set of phase P intersected with the corpus). Sizes for p ∝ n^τ: the
   corpus' measured bytes, or mmBERT's published token counts of a phase (``sizes: mmbert``), split
   evenly among the corpus versions of one language (``cmn_Hans`` / ``cmn_Hant``); a language the table
-  lacks gets the smallest published count of the phase, so it is sampled, rarely.
+  lacks gets the smallest published count of the phase, so it is sampled, rarely. mmBERT's sets and
+  counts are not known here: ``TrainerHooks`` (``hooks.py``) brings them from the layer above.
 - RoPE thetas carry forward: a phase that does not set them keeps the previous phase's values.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmbert.train.config import PhaseConfig, TrainConfig, variant_phase
+from mmbert.train.hooks import TrainerHooks
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def plan_stages(cfg: TrainConfig, run_dir: Path, global_theta: float, local_thet
     return stages
 
 
-def resolve_languages(spec, corpus_sizes: dict[str, int]) -> list[str]:
-    """The corpus language ids a phase trains (sorted), from its ``languages`` spec."""
+def resolve_languages(spec, corpus_sizes: dict[str, int], hooks: TrainerHooks = TrainerHooks()) -> list[str]:
+    """The corpus language ids a phase trains (sorted), from its ``languages`` spec; a named set
+    (``{mmbert: P}``) is resolved by ``hooks.language_set``."""
     available = sorted(corpus_sizes)
     if spec == "all":
         return available
@@ -82,26 +84,20 @@ def resolve_languages(spec, corpus_sizes: dict[str, int]) -> list[str]:
     (kind, value), = spec.items()
     if kind == "top":
         return sorted(sorted(available, key=lambda k: (-corpus_sizes[k], k))[:value])
-    from mmbert.corpus.languages import corpus_phase_languages
-
-    langs = corpus_phase_languages(value, available)
+    langs = hooks.need("language_set", f"languages: {{{kind}: {value}}}")(value, available)
     if not langs:
         raise ValueError(f"no corpus language is in mmBERT's {value!r} language set")
     return langs
 
 
-def sampling_sizes(phase: PhaseConfig, languages: list[str], corpus_sizes: dict[str, int]) -> dict[str, int]:
-    """n_i for p ∝ n^τ over ``languages``."""
+def sampling_sizes(phase: PhaseConfig, languages: list[str], corpus_sizes: dict[str, int],
+                   hooks: TrainerHooks = TrainerHooks()) -> dict[str, int]:
+    """n_i for p ∝ n^τ over ``languages``; published counts (``sizes: mmbert``) come from
+    ``hooks.published_sizes``."""
     if phase.sizes == "corpus":
         return {k: corpus_sizes[k] for k in languages}
-    from mmbert.corpus.languages import corpus_to_mmbert, mmbert_token_counts
-
     table_phase = phase.sizes_phase or phase.languages["mmbert"]
-    versions = Counter(corpus_to_mmbert(k) for k in languages)
-    sizes = {}
-    for k in languages:
-        n = mmbert_token_counts(k, table_phase)
-        sizes[k] = n // versions[corpus_to_mmbert(k)] if n else 0
+    sizes = dict(hooks.need("published_sizes", f"phase {phase.name!r} sizes: {phase.sizes}")(languages, table_phase))
     present = [v for v in sizes.values() if v > 0]
     absent = sorted(k for k, v in sizes.items() if v <= 0)
     if absent:

@@ -29,9 +29,9 @@ import yaml
 
 from mmbert.model import MmBertForMaskedLM, ModelConfig
 from mmbert.train import checkpoint as ckpt
-from mmbert.train.batches import Corpus, build_source, prepare_corpus
+from mmbert.train.batches import Corpus, build_source, load_heldout_texts, prepare_corpus
 from mmbert.train.config import TrainConfig, load_config
-from mmbert.train.heldout import heldout_mlm_loss, load_heldout_texts
+from mmbert.train.hooks import TrainerHooks
 from mmbert.train.metrics import MetricsLog, Progress
 from mmbert.train.optim import autocast, build_optimizer, clip_gradients, resolve_precision, set_lr
 from mmbert.train.parallel import (
@@ -93,22 +93,24 @@ class _Stop:
 
 
 def train(config: TrainConfig | str | Path, run_dir: str | Path, resume: bool = False,
-          overrides: list[str] | None = None) -> TrainResult:
+          overrides: list[str] | None = None, hooks: TrainerHooks = TrainerHooks()) -> TrainResult:
     """Train every stage of ``config`` into ``run_dir`` (a YAML path or a TrainConfig; ``overrides`` are
-    ``key=value`` strings for a path). With ``resume``, continue from the newest complete checkpoint."""
+    ``key=value`` strings for a path). With ``resume``, continue from the newest complete checkpoint.
+    ``hooks`` resolve what the config names but the trainer does not know (``hooks.py``): the shipped
+    corpus and mmBERT's tables come with ``mmbert.recipe.training.train``."""
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
     started_here = not torch.distributed.is_initialized()
     world = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, Path(run_dir), world).run(resume)
+        return Trainer(cfg, Path(run_dir), world, hooks).run(resume)
     finally:
         if started_here:
             destroy_distributed()
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, world: World):
-        self.cfg, self.run_dir, self.world = cfg, run_dir, world
+    def __init__(self, cfg: TrainConfig, run_dir: Path, world: World, hooks: TrainerHooks = TrainerHooks()):
+        self.cfg, self.run_dir, self.world, self.hooks = cfg, run_dir, world, hooks
         self.precision = resolve_precision(cfg.precision, world.device)
         self.metrics: MetricsLog | None = None
         self.step = 0
@@ -169,7 +171,7 @@ class Trainer:
         if world.is_main:
             self._write_config()
         barrier()
-        corpus = prepare_corpus(cfg, self.run_dir, world)
+        corpus = prepare_corpus(cfg, self.run_dir, world, self.hooks)
         self.metrics = MetricsLog(self.run_dir, enabled=world.is_main)
         result = TrainResult(self.run_dir)
         try:
@@ -249,8 +251,8 @@ class Trainer:
         """Train ``stage`` from ``stage_step``; True when the run stopped early (signal, bad steps)."""
         cfg, world, phase = self.cfg, self.world, stage.phase
         set_rope(model, stage.global_rope_theta, stage.local_rope_theta, phase.seq_len)
-        languages = resolve_languages(phase.languages, corpus.sizes)
-        sizes = sampling_sizes(phase, languages, corpus.sizes)
+        languages = resolve_languages(phase.languages, corpus.sizes, self.hooks)
+        sizes = sampling_sizes(phase, languages, corpus.sizes, self.hooks)
         rows = max(1, cfg.micro_batch_tokens // phase.seq_len)
         unit = rows * phase.seq_len * world.world_size  # tokens of one micro-batch on every rank
         target = phase.global_batch_tokens
@@ -390,6 +392,11 @@ class Trainer:
     def _heldout_texts(self, corpus: Corpus, tokenizer, languages: list[str]) -> dict[str, list[str]]:
         if corpus.heldout_dir is None or tokenizer is None:
             return {}
+        if self.hooks.heldout_loss is None:
+            if self.world.is_main:
+                log.warning("held-out texts in %s are not evaluated: no held-out loss hook was passed",
+                            corpus.heldout_dir)
+            return {}
         which = self.cfg.eval.languages
         wanted = languages if which == "active" else (None if which == "all" else list(which))
         return load_heldout_texts(corpus.heldout_dir, wanted)
@@ -402,9 +409,9 @@ class Trainer:
         fsdp = is_fsdp(model)
         mine = langs if fsdp else langs[world.rank :: world.world_size]  # DDP: split languages over ranks
         t0 = time.perf_counter()
-        losses = heldout_mlm_loss(unwrap(model), tokenizer, {k: texts[k] for k in mine}, e.mask_ratio, e.seq_len,
-                                  seed=self.cfg.seed, max_tokens_per_language=e.max_tokens_per_language,
-                                  autocast=ac)
+        losses = self.hooks.heldout_loss(unwrap(model), tokenizer, {k: texts[k] for k in mine}, e.mask_ratio,
+                                         e.seq_len, seed=self.cfg.seed,
+                                         max_tokens_per_language=e.max_tokens_per_language, autocast=ac)
         if not fsdp:
             merged: dict[str, float] = {}
             for part in ckpt._gather(losses):

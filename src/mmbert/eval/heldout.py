@@ -1,5 +1,8 @@
 """Per-language held-out MLM loss with a fixed masking, comparable across steps, checkpoints and runs.
 
+An evaluation: ``eval.udhr.heldout_loss`` reports it per checkpoint, and the trainer logs it during training
+through the function it is handed (``train.hooks.TrainerHooks.heldout_loss``; the train layer never imports eval).
+
 Choices:
 - Each held-out text is tokenized ``<bos> ... <eos>`` and cut into pieces of at most ``seq_len`` tokens;
   a piece attends only to itself (varlen ``cu_seqlens``), as in training.
@@ -14,31 +17,14 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import zlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmbert.data.sampling import torch_seed_for
-
-
-def load_heldout_texts(directory: str | Path, languages: list[str] | None = None) -> dict[str, list[str]]:
-    """``{lang: [text, ...]}`` from ``directory/<lang>.jsonl`` (the corpus exporter's ``heldout/``)."""
-    directory = Path(directory)
-    out: dict[str, list[str]] = {}
-    for f in sorted(directory.glob("*.jsonl")):
-        lang = f.name[: -len(".jsonl")]
-        if languages is not None and lang not in languages:
-            continue
-        with open(f, encoding="utf-8") as fh:
-            texts = [json.loads(line)["text"] for line in fh if line.strip()]
-        if texts:
-            out[lang] = texts
-    return out
 
 
 def masked_pieces(tokenizer, texts: list[str], lang: str, mask_ratio: float, seq_len: int, seed: int,

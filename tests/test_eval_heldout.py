@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbert import MmBertForMaskedLM, ModelConfig
-from mmbert.train.heldout import heldout_mlm_loss, masked_pieces
+from mmbert.eval.heldout import heldout_mlm_loss, masked_pieces
 
 
 class CharTokenizer:
