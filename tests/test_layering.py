@@ -149,3 +149,35 @@ def test_a_bad_import_is_caught(tmp_path, where, code, edge):
     (tmp_path / where).write_text(code, encoding="utf-8")
     bad = offending_edges(tmp_path)
     assert len(bad) == 1 and bad[0].startswith(where) and edge in bad[0], bad
+
+
+def test_the_trainer_alone_names_what_it_cannot_resolve(tmp_path):
+    # the generic trainer knows no builtin corpus and no mmBERT language set: a clear error naming the key
+    from mmbert.train import TrainerHooks, load_config, train
+    from mmbert.train.config import PhaseConfig
+    from mmbert.train.phases import resolve_languages, sampling_sizes
+
+    cfg = load_config("configs/train-tiny.yaml")
+    with pytest.raises(ValueError, match=r"data\.builtin: udhr needs the trainer hook 'export_builtin'"):
+        train(cfg, tmp_path / "run")
+    sizes = {"eng_Latn": 10, "fao_Latn": 5}
+    with pytest.raises(ValueError, match=r"languages: \{mmbert: pretrain\} needs the trainer hook 'language_set'"):
+        resolve_languages({"mmbert": "pretrain"}, sizes)
+    assert resolve_languages({"mmbert": "pretrain"}, sizes, TrainerHooks(language_set=lambda s, ids: ids[:1])) == [
+        "eng_Latn"]
+    phase = PhaseConfig(name="p", steps=1, languages={"mmbert": "pretrain"}, sizes="mmbert")
+    with pytest.raises(ValueError, match="needs the trainer hook 'published_sizes'"):
+        sampling_sizes(phase, ["eng_Latn"], sizes)
+
+
+def test_mmbert_hooks_resolve_the_shipped_tables():
+    from mmbert.corpus.languages import corpus_phase_languages, mmbert_token_counts
+    from mmbert.eval.heldout import heldout_mlm_loss
+    from mmbert.recipe.training import MMBERT
+
+    assert MMBERT.language_set is corpus_phase_languages and MMBERT.heldout_loss is heldout_mlm_loss
+    split = MMBERT.published_sizes(["cmn_Hans", "cmn_Hant", "eng_Latn", "zzz_Latn"], "pretrain")
+    assert split["cmn_Hans"] == split["cmn_Hant"] == mmbert_token_counts("cmn_Hans", "pretrain") // 2 > 0
+    assert split["eng_Latn"] == mmbert_token_counts("eng_Latn", "pretrain") > 0 and split["zzz_Latn"] == 0
+    with pytest.raises(ValueError, match="unknown builtin corpus 'nope'"):
+        MMBERT.export_builtin("nope", Path("/nonexistent"))
