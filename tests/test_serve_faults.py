@@ -234,6 +234,16 @@ def test_a_body_trickled_past_the_body_timeout_gets_408(live):
     assert b"request_timeout" in received and 1.5 < elapsed < 2.0 + SLACK_S, elapsed
 
 
+def test_a_client_that_leaves_mid_body_is_not_an_internal_error(live, caplog):
+    _, port = live
+    with caplog.at_level("ERROR", logger="mmbert.serve"):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"input\": ")
+            time.sleep(0.3)
+        time.sleep(1.0)  # the app sees the disconnect
+    assert not [r for r in caplog.records if "unhandled" in r.getMessage()], caplog.text
+
+
 class contextlib_suppress:
     """Suppress the socket errors a trickling writer gets once the server has closed."""
 

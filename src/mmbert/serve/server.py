@@ -44,6 +44,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mmbert.serve.batching import MicroBatcher
@@ -102,12 +103,15 @@ async def read_body(request: Request, max_bytes: int, max_drain_bytes: int) -> b
             declared > max_drain_bytes or request.headers.get("expect", "").lower() == "100-continue"):
         raise too_large  # not worth reading, or not sent yet (the client waits for "100 Continue")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= max_bytes:
-            chunks.append(chunk)
-        elif size > max_drain_bytes:
-            break  # answer now; uvicorn discards what follows, the header timeout ends the connection
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= max_bytes:
+                chunks.append(chunk)
+            elif size > max_drain_bytes:
+                break  # answer now; uvicorn discards what follows, the header timeout ends the connection
+    except ClientDisconnect:  # nobody reads this answer; it keeps the disconnect out of the error log
+        raise ApiError(400, "the client disconnected before sending the whole body", code="client_disconnected")
     if size > max_bytes:
         raise too_large
     return b"".join(chunks)
