@@ -234,6 +234,34 @@ def test_a_body_trickled_past_the_body_timeout_gets_408(live):
     assert b"request_timeout" in received and 1.5 < elapsed < 2.0 + SLACK_S, elapsed
 
 
+def test_past_limit_concurrency_a_request_gets_503(encoder):
+    import uvicorn
+
+    from mmbert.serve.server import Timeouts, create_app, uvicorn_config
+
+    port = free_port()
+    config = uvicorn_config(create_app(encoder), "127.0.0.1", port, log_level="critical",
+                            timeouts=Timeouts(limit_concurrency=3))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    held = []
+    try:
+        while not server.started:
+            assert thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/health").status_code == 200
+            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+            time.sleep(0.3)
+            assert http.get("/health").status_code == 503  # 4 connections open (3 idle + this one)
+    finally:
+        for s in held:
+            s.close()
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
 def test_a_client_that_leaves_mid_body_is_not_an_internal_error(live, caplog):
     _, port = live
     with caplog.at_level("ERROR", logger="mmbert.serve"):
