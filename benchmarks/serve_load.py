@@ -175,7 +175,10 @@ async def slow_client(port: int, mode: str, stop_at: float, outcomes: dict, clos
             continue
         if mode == "body":
             writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
-        drip = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000 if mode == "headers" else b"a" * 100_000
+        if mode == "headers":
+            drip = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+        else:
+            drip = b"a" * 100_000
         received, i = b"", 0
         try:
             while time.monotonic() < stop_at:
@@ -243,7 +246,8 @@ async def soak(base: str, port: int, server_pid: int, args) -> dict:
                     count(malformed, f"httpx 20MB {r.status_code}")
                 else:
                     path, bodies = ("/fill-mask", SOAK_FILL_MASK) if n % 3 == 0 else ("/v1/embeddings", SOAK_MALFORMED)
-                    r = await client.post(path, content=rng.choice(bodies), headers={"content-type": "application/json"})
+                    r = await client.post(path, content=rng.choice(bodies),
+                                          headers={"content-type": "application/json"})
                     count(malformed, r.status_code)
             except httpx.HTTPError as e:
                 count(malformed, type(e).__name__)

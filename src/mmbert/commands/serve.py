@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-keep-alive", type=float, default=5.0,
                         help="an idle keep-alive connection is closed after this many seconds (default 5)")
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=10.0,
-                        help="on SIGTERM/Ctrl-C, running requests get this many seconds, then are cancelled (default 10)")
+                        help="on SIGTERM/Ctrl-C, running requests get this many seconds, then are cancelled "
+                        "(default 10)")
     parser.add_argument("--limit-concurrency", type=int, default=1000,
                         help="open connections beyond which a request gets 503 (default 1000; 0 = no limit)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

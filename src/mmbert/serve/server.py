@@ -73,7 +73,7 @@ class Timeouts:
     header_s: float = 10.0  # from connection open (or the last response) to a request's complete headers
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's default)
     graceful_shutdown_s: float = 10.0  # on SIGTERM, running requests get this long, then are cancelled
-    limit_concurrency: int | None = 1000  # open connections; beyond it a request gets 503 (below ulimit -n 1024)
+    limit_concurrency: int | None = 1000  # open connections; beyond, 503 (under the usual 1,024-file limit)
 
 
 class ApiError(Exception):
@@ -111,7 +111,8 @@ async def read_body(request: Request, max_bytes: int, max_drain_bytes: int) -> b
             elif size > max_drain_bytes:
                 break  # answer now; uvicorn discards what follows, the header timeout ends the connection
     except ClientDisconnect:  # nobody reads this answer; it keeps the disconnect out of the error log
-        raise ApiError(400, "the client disconnected before sending the whole body", code="client_disconnected")
+        raise ApiError(400, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
     if size > max_bytes:
         raise too_large
     return b"".join(chunks)
