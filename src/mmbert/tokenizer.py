@@ -53,6 +53,28 @@ _ALIASES = {
 }
 
 
+class InvalidTextError(ValueError):
+    """A text the tokenizer cannot encode; ``index`` is its position in the batch, so callers can name it
+    in their own terms (``input[3]``, ``file.txt:12``)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"texts[{index}] {reason}")
+        self.index, self.reason = index, reason
+
+
+def invalid_text(texts: list) -> InvalidTextError | TypeError:
+    """The error for the first text of ``texts`` that is not a string (TypeError) or not valid Unicode."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            return TypeError(f"texts[{i}] is {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return InvalidTextError(i, f"holds a lone surrogate U+{ord(text[e.start]):04X} at character {e.start}; "
+                                    "text must be valid Unicode")
+    return TypeError("the tokenizer refused the texts, though every one is a valid Unicode string")
+
+
 def default_tokenizer_path() -> Path:
     """Folder of the shipped tokenizer (``mmbert/assets/tokenizer``)."""
     return Path(str(resources.files("mmbert") / "assets" / "tokenizer"))
@@ -111,10 +133,20 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            raise invalid_text([text]) from None
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        """Ids per text. A text the Rust backend cannot take (a lone surrogate such as ``"\\ud800"``, which
+        JSON's ``\\u`` escapes and Python strings allow but UTF-8 does not) raises ``InvalidTextError``."""
+        texts = list(texts)
+        try:
+            encodings = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        except TypeError:  # the backend's message names a type, not the text; find the text on this rare path
+            raise invalid_text(texts) from None
+        return [e.ids for e in encodings]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -3,9 +3,17 @@
     mmbert embed CKPT --input texts.txt --output vectors.npy
     cat texts.txt | mmbert embed CKPT --output vectors.jsonl
 
-Input: a text file, one text per line (or ``-``, stdin); a ``.jsonl`` file may hold ``{"text": ...}`` objects
-or JSON strings, one per line. Output: ``.npy`` (float32, (N, H)) or ``.jsonl`` (``{"index", "embedding"}``
-per line); without ``--output``, JSON lines on stdout. Texts longer than ``--max-length`` tokens are truncated.
+Input: a UTF-8 text file, one text per line (or ``-``, stdin); a ``.jsonl`` file may hold ``{"text": ...}``
+objects or JSON strings, one per line. Output: ``.npy`` (float32, (N, H)) or ``.jsonl`` (``{"index",
+"embedding"}`` per line), row i for text i; without ``--output``, JSON lines on stdout. Texts longer than
+``--max-length`` tokens are truncated.
+
+Lines are split at ``\n`` only (``\r\n`` endings are fine; U+2028 and the like stay inside a text), so the
+line numbers in errors are the ones an editor shows. An empty text is an error naming its file and line, as
+the server refuses ``""`` (400, as OpenAI does): it has no content to embed, and skipping it would shift
+every later row. Blank lines in a ``.jsonl`` file separate records and are skipped. Undecodable bytes, bad
+JSON and text that is not valid Unicode (a lone surrogate from a ``\ud800`` escape) are errors naming the
+file and line; nothing is written.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
-    parser.add_argument("--input", default="-", help="text file, one text per line, or .jsonl; '-' = stdin (default)")
+    parser.add_argument("--input", default="-", help="UTF-8 text file, one text per line, or .jsonl; '-' = stdin "
+                        "(default). An empty line (empty text) is an error naming the file and line, as the server "
+                        "refuses empty strings; remove blank lines first")
     parser.add_argument("--output", help="FILE.npy or FILE.jsonl (default: JSON lines on stdout)")
     parser.add_argument("--batch-tokens", type=int, default=16_384, help="tokens per unpadded batch (default 16384)")
     parser.add_argument("--max-length", type=int, help="longer texts are truncated to this many tokens (content cut, "
@@ -30,41 +40,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def read_texts(source: str) -> list[str]:
+def read_lines(source: str) -> list[str]:
+    """The lines of a UTF-8 file (or stdin), split at ``\n`` only; undecodable bytes name file and line."""
     if source == "-":
-        lines = sys.stdin.read().splitlines()
-        jsonl = False
+        stdin = getattr(sys.stdin, "buffer", None)
+        data = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
     else:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        jsonl = path.suffix == ".jsonl"
-    if not jsonl:
-        return lines
-    texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        text = item.get("text") if isinstance(item, dict) else item
-        if not isinstance(text, str):
-            raise ValueError(f"{source}:{n}: expected a JSON string or an object with a 'text' string")
+        data = path.read_bytes()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise ValueError(f"{source_name(source)}:{line}: not valid UTF-8: byte 0x{data[e.start]:02x} at byte "
+                         f"{column} of the line ({e.reason})") from None
+    lines = content.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line.removesuffix("\r") for line in lines]
+
+
+def source_name(source: str) -> str:
+    return "<stdin>" if source == "-" else source
+
+
+def read_texts(source: str) -> tuple[list[str], list[int]]:
+    """The texts and the 1-based line number of each (for errors found later, e.g. by the tokenizer)."""
+    name, jsonl = source_name(source), source != "-" and Path(source).suffix == ".jsonl"
+    texts, numbers = [], []
+    for n, line in enumerate(read_lines(source), 1):
+        if jsonl:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as e:  # JSONDecodeError, or an integer past Python's 4,300-digit limit
+                raise ValueError(f"{name}:{n}: not valid JSON: {str(e).split(':')[0]}") from None
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise ValueError(f"{name}:{n}: expected a JSON string or an object with a 'text' string")
+        else:
+            text = line
+        if not text:
+            raise ValueError(f"{name}:{n}: empty text; every line is one text, and an empty one has no embedding "
+                             "(remove blank lines)")
         texts.append(text)
-    return texts
+        numbers.append(n)
+    return texts, numbers
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mmbert.serve.encoder import Encoder
+    from mmbert.tokenizer import InvalidTextError
 
     if args.output and Path(args.output).suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--output must end in .npy or .jsonl, got {args.output}")
-    texts = read_texts(args.input)
+    texts, numbers = read_texts(args.input)
     encoder = Encoder(args.checkpoint, device=args.device, precision=args.precision, max_length=args.max_length,
                       batch_tokens=args.batch_tokens)
-    vectors = encoder.encode(texts, normalize=args.normalize)
+    try:
+        vectors = encoder.encode(texts, normalize=args.normalize)
+    except InvalidTextError as e:
+        raise ValueError(f"{source_name(args.input)}:{numbers[e.index]}: {e.reason}") from None
     if args.output and args.output.endswith(".npy"):
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         np.save(args.output, vectors)

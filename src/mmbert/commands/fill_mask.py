@@ -19,8 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmbert.serve.encoder import Encoder
+    from mmbert.tokenizer import InvalidTextError
 
-    predictions = Encoder(args.checkpoint, device=args.device).fill_mask(args.text, top_k=args.top_k)
+    try:
+        predictions = Encoder(args.checkpoint, device=args.device).fill_mask(args.text, top_k=args.top_k)
+    except InvalidTextError as e:  # bytes of the argument that are not UTF-8 arrive as lone surrogates
+        raise ValueError(f"the text argument {e.reason} (is the terminal's encoding UTF-8?)") from None
     if args.json:
         print(json.dumps(predictions, ensure_ascii=False, indent=2))
         return 0

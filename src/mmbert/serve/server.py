@@ -4,7 +4,10 @@ Built on FastAPI + uvicorn. Requests are parsed and checked by hand rather than 
 refusal carries OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status,
 and nothing a client sends can crash the process:
 
-- the body is read in chunks up to ``max_body_bytes`` (413 beyond, whatever Content-Length claims);
+- the body is read in chunks up to ``max_body_bytes`` (413 beyond, whatever Content-Length claims); an
+  over-limit body is still read and discarded up to ``max_drain_bytes``, so that a client which sends
+  ``Connection: close`` (urllib always does) reads the 413 instead of a connection reset; the whole body must
+  arrive within ``body_timeout_s`` (408 otherwise), so a client that trickles its body cannot hold a request;
 - it must be UTF-8 JSON holding an object; ``input`` is a string, a list of strings, a list of token ids or
   a list of lists of token ids (ids are content ids, as ``encode(text, add_special_tokens=False)`` gives;
   the server wraps them in the special tokens, so ids and their text embed alike);
@@ -17,6 +20,14 @@ forward per few milliseconds, on one model thread. Floats are sent as JSON numbe
 or, with ``encoding_format: "base64"``, as base64 of little-endian float32 bytes, which is what the
 official OpenAI client asks for by default. ``dimensions`` truncates and re-normalises (Matryoshka style).
 
+Connections (``Timeouts``, applied by ``uvicorn_config``): a request's headers must be complete within
+``header_s`` of the connection opening or of the previous response (uvicorn has no such timeout; its
+keep-alive timer stops at the first byte, so a half-open connection or one that trickles its headers
+stayed open forever); idle keep-alive connections close after ``keep_alive_s``; on SIGTERM the server stops
+accepting, lets running requests finish for up to ``graceful_shutdown_s`` and then cancels them; past
+``limit_concurrency`` open connections a request gets a 503 (uvicorn's own, plain text) rather than the
+process running out of file descriptors.
+
 The server has no authentication: it binds to 127.0.0.1 unless told otherwise.
 """
 
@@ -27,15 +38,18 @@ import base64
 import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mmbert.serve.batching import MicroBatcher
 from mmbert.serve.encoder import Encoder
+from mmbert.tokenizer import InvalidTextError
 
 log = logging.getLogger("mmbert.serve")
 
@@ -48,6 +62,18 @@ class Limits:
     max_inputs: int = 2048  # OpenAI's limit per embeddings request
     max_tokens: int | None = None  # per input, special tokens included; None = the encoder's max_length
     max_top_k: int = 100
+    max_drain_bytes: int = 64 * 1024 * 1024  # an over-limit body is read and discarded up to this, then cut off
+    body_timeout_s: float = 30.0  # the whole body, not per chunk: a 4 MiB body needs >= 140 kB/s
+
+
+@dataclass
+class Timeouts:
+    """Connection-level limits, enforced by uvicorn and ``HeaderTimeoutH11Protocol``."""
+
+    header_s: float = 10.0  # from connection open (or the last response) to a request's complete headers
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's default)
+    graceful_shutdown_s: float = 10.0  # on SIGTERM, running requests get this long, then are cancelled
+    limit_concurrency: int | None = 1000  # open connections; beyond, 503 (under the usual 1,024-file limit)
 
 
 class ApiError(Exception):
@@ -64,20 +90,41 @@ def error_response(status: int, message: str, *, param=None, code=None, type="in
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict:
+async def read_body(request: Request, max_bytes: int, max_drain_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # isdigit() alone takes '²'; 19 digits bound int() well below Python's 4,300-digit limit
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
             raise ApiError(400, "invalid Content-Length header", code="invalid_request")
-        if int(declared) > max_bytes:
-            raise ApiError(413, f"request body is {declared} bytes; the limit is {max_bytes}", code="body_too_large")
+        declared = int(declared)
+    too_large = ApiError(413, f"request body is {'over ' if declared is None else f'{declared} bytes; '}"
+                         f"the limit is {max_bytes} bytes", code="body_too_large")
+    if declared is not None and declared > max_bytes and (
+            declared > max_drain_bytes or request.headers.get("expect", "").lower() == "100-continue"):
+        raise too_large  # not worth reading, or not sent yet (the client waits for "100 Continue")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes", code="body_too_large")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= max_bytes:
+                chunks.append(chunk)
+            elif size > max_drain_bytes:
+                break  # answer now; uvicorn discards what follows, the header timeout ends the connection
+    except ClientDisconnect:  # nobody reads this answer; it keeps the disconnect out of the error log
+        raise ApiError(400, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
+    if size > max_bytes:
+        raise too_large
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, limits: Limits) -> dict:
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            body = await read_body(request, limits.max_body_bytes, limits.max_drain_bytes)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {limits.body_timeout_s:g} s",
+                       code="request_timeout") from None
     if not body.strip():
         raise ApiError(400, "empty request body; send a JSON object", code="invalid_json")
     try:
@@ -88,6 +135,9 @@ async def read_json_object(request: Request, max_bytes: int) -> dict:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except ValueError as e:  # an integer past Python's int_max_str_digits: its message ends in advice for us
+        raise ApiError(400, f"request body is not valid JSON for this server: {str(e).split(':')[0]}",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_type")
     return data
@@ -128,6 +178,15 @@ def parse_input(value) -> tuple[str, list]:
               "(items of one kind)")
 
 
+async def tokenize(encoder: Encoder, texts: list[str], param: str) -> list[list[int]]:
+    """Token ids (with special tokens) off the event loop; a text that is not valid Unicode is a 400."""
+    try:
+        return await asyncio.to_thread(encoder.tokenize, texts)
+    except InvalidTextError as e:
+        where = f"input[{e.index}]" if param == "input" else f"'{param}'"
+        raise ApiError(400, f"{where} {e.reason}", param=param, code="invalid_text") from None
+
+
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list:
     if encoding_format == "base64":
         return [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
@@ -140,6 +199,7 @@ def create_app(
 ) -> FastAPI:
     limits = limits or Limits()
     max_tokens = min(limits.max_tokens or encoder.max_length, encoder.config.max_position_embeddings)
+    limits = replace(limits, max_tokens=max_tokens)  # the values in force, for /health and the start-up log
     model_name = model_name or encoder.name
     batcher = MicroBatcher(lambda seqs: encoder.encode_ids(seqs, progress=False), max_batch_tokens, max_wait_ms)
     try:
@@ -160,6 +220,7 @@ def create_app(
     app = FastAPI(title="mmbert", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
     app.state.encoder = encoder
+    app.state.limits = limits
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -183,7 +244,7 @@ def create_app(
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
-        data = await read_json_object(request, limits.max_body_bytes)
+        data = await read_json_object(request, limits)
         kind, items = parse_input(data.get("input"))
         if len(items) > limits.max_inputs:
             raise ApiError(400, f"'input' has {len(items)} items; the limit is {limits.max_inputs}",
@@ -201,7 +262,7 @@ def create_app(
             raise ApiError(400, f"'dimensions' must be an integer in [1, {encoder.hidden_size}], got {dims!r}",
                            param="dimensions", code="invalid_value")
         if kind == "texts":
-            sequences = await asyncio.to_thread(encoder.tokenize, items)
+            sequences = await tokenize(encoder, items, "input")
         else:
             vocab = encoder.config.vocab_size
             for i, seq in enumerate(items):
@@ -231,7 +292,7 @@ def create_app(
 
     @app.post("/fill-mask")
     async def fill_mask(request: Request):
-        data = await read_json_object(request, limits.max_body_bytes)
+        data = await read_json_object(request, limits)
         text = data.get("text")
         if not isinstance(text, str) or not text:
             raise ApiError(400, "'text' must be a non-empty string holding "
@@ -242,7 +303,7 @@ def create_app(
                            code="invalid_value")
         if fill_mask_error is not None:
             raise ApiError(400, fill_mask_error, code="fill_mask_unavailable")
-        n = len((await asyncio.to_thread(encoder.tokenize, [text]))[0])
+        n = len((await tokenize(encoder, [text], "text"))[0])
         if n > max_tokens:
             raise ApiError(400, f"'text' has {n} tokens; the limit is {max_tokens}", param="text",
                            code="context_length_exceeded")
@@ -255,13 +316,69 @@ def create_app(
     return app
 
 
+class HeaderTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a header deadline: a connection must deliver a request's complete headers
+    within ``header_s`` of opening, and the next request's within ``header_s`` of the previous response,
+    else it is closed. The deadline is not pushed back by bytes that arrive, so trickling does not help."""
+
+    header_s: float = Timeouts.header_s
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._header_timer = None
+        self._arm_header_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a new request's headers are in
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        self._arm_header_timer()  # first: the parent may go on to a pipelined request, which cancels it
+        super().on_response_complete()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, *, timeouts: Timeouts | None = None,
+                   log_level: str = "info") -> "uvicorn.Config":
+    """The uvicorn configuration ``serve`` runs (h11, so the header timeout applies; tests use it too)."""
+    import uvicorn
+
+    timeouts = timeouts or Timeouts()
+    protocol = type("HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,), {"header_s": timeouts.header_s})
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, http=protocol, timeout_keep_alive=timeouts.keep_alive_s,
+        timeout_graceful_shutdown=timeouts.graceful_shutdown_s, limit_concurrency=timeouts.limit_concurrency)
+
+
 def serve(encoder: Encoder, host: str = "127.0.0.1", port: int = 8080, *, limits: Limits | None = None,
-          max_batch_tokens: int = 16_384, max_wait_ms: float = 5.0, log_level: str = "info") -> None:
+          timeouts: Timeouts | None = None, max_batch_tokens: int = 16_384, max_wait_ms: float = 5.0,
+          log_level: str = "info") -> None:
     import uvicorn
 
     if host not in LOOPBACK:
         log.warning("binding to %s: the server has no authentication; anyone who can reach it can use it", host)
     app = create_app(encoder, limits=limits, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
-    log.info("limits: %s", asdict(limits or Limits()))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    timeouts = timeouts or Timeouts()
+    log.info("limits: %s", asdict(app.state.limits))
+    log.info("timeouts: %s", asdict(timeouts))
+    uvicorn.Server(uvicorn_config(app, host, port, timeouts=timeouts, log_level=log_level)).run()
 
