@@ -235,3 +235,28 @@ def test_project_tokenizer_class_fits_the_protocol(corpus):
     a = take(build_loader(manifest, real, phase), 3)
     b = take(build_loader(manifest, tok, phase), 3)
     _assert_same(a, b, "mmbert.tokenizer.Tokenizer vs the test tokenizer")
+
+
+def test_unusable_and_tiny_languages_get_one_warning_each(tmp_path, caplog):
+    """A language whose every record is bad, and one with a single short document that is re-read every
+    few rows: one WARNING each with the numbers, not an INFO line per epoch (issue #13)."""
+    from tests.test_data_helpers import doc_text, tiny_tokenizer
+
+    eng = [doc_text("eng_Latn", i, 30) for i in range(60)]
+    (tmp_path / "eng.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in eng))
+    (tmp_path / "bad.jsonl").write_text("not json\n" * 7 + '{"text": 3}\n')
+    (tmp_path / "one.txt").write_text("w1 w2\n")
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("languages:\n  eng_Latn: [eng.jsonl]\n  fao_Latn: [bad.jsonl]\n  tir_Ethi: [one.txt]\n")
+    tok = tiny_tokenizer(eng + ["w1 w2"])
+    with caplog.at_level(logging.INFO):
+        loader = build_loader(manifest, tok, PhaseData(tau=0.3, mask_ratio=0.0, seq_len=32, batch_rows=8, seed=0))
+        batches = take(loader, 12)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    bad = [m for m in warnings if m.startswith("fao_Latn")]
+    assert bad == ["fao_Latn: no readable document in its 1 file(s) (1 bad_field, 7 malformed_json); the language "
+                   "is left out of training"]
+    one = [m for m in warnings if m.startswith("tir_Ethi")]
+    assert len(one) == 1 and "all 1 documents of the language read (sampling probability 0." in one[0], warnings
+    assert sum(lang == "tir_Ethi" for b in batches for lang in b["languages"]) > 0
+    assert not [r for r in caplog.records if "finished epoch" in r.getMessage() and r.levelno >= logging.INFO]

@@ -178,3 +178,101 @@ def test_log_volume_is_capped_per_file(tmp_path, caplog):
         read_all([src(path, "jsonl")], errors=errors)
     assert errors.counts["malformed_json"] == 50
     assert len(caplog.records) == 4  # three records and one "further ... are counted" note
+
+
+# ---- corrupt files (issue #13) ------------------------------------------------------------------------------
+def test_corrupt_gzip_is_skipped_with_the_file_named(tmp_path, caplog):
+    raw = bytearray(gzip.compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(2000))))
+    raw[len(raw) // 2] ^= 0xFF  # zlib.error "invalid distance too far back" (or a CRC error), not EOFError
+    path = tmp_path / "c.jsonl.gz"
+    path.write_bytes(bytes(raw))
+    (tmp_path / "ok.txt").write_text("kept\n")
+    errors = DataErrors()
+    with caplog.at_level(logging.WARNING):
+        got = read_all([src(path, "jsonl.gz"), src(tmp_path / "ok.txt", "txt")], errors=errors)
+    assert got[-1] == "kept" and 0 < len(got) - 1 < 2000  # what came before the damage is kept
+    assert errors.counts["unreadable_file"] == 1
+    assert f"{path}: unreadable_file:" in caplog.text and "rest of the file skipped" in caplog.text
+
+
+def test_corrupt_parquet_row_group_skips_only_that_row_group(tmp_path, caplog):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " + "x" * 50 for i in range(300)]}), path, row_group_size=100,
+                   compression="snappy", use_dictionary=False)
+    col = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    raw = bytearray(path.read_bytes())
+    start = col.data_page_offset
+    raw[start : start + col.total_compressed_size] = b"\x07" * col.total_compressed_size
+    path.write_bytes(bytes(raw))
+    errors = DataErrors()
+    with caplog.at_level(logging.WARNING):
+        got = read_all([src(path, "parquet")], errors=errors)
+    assert got[:100] == [f"row {i} " + "x" * 50 for i in range(100)]
+    assert got[100:] == [f"row {i} " + "x" * 50 for i in range(200, 300)]  # row group 2 is still read
+    assert errors.counts["unreadable_file"] == 1
+    assert f"{path} [row group 1]" in caplog.text and "rest of this row group skipped" in caplog.text
+    assert "rest of the file" not in caplog.text
+
+
+@pytest.mark.parametrize("split", ["line", "paragraph"])
+def test_invalid_utf8_names_file_and_line_in_any_block(tmp_path, caplog, split):
+    path = tmp_path / "u.txt"
+    path.write_bytes(b"ok line\n" * 50 + b"bad \xff\xfe here\n" + b"more\n" * 10)
+    errors = DataErrors()
+    with caplog.at_level(logging.WARNING):
+        read_all([src(path, "txt", split=split)], ReadOptions(block_bytes=100), errors)
+    assert errors.counts["invalid_utf8"] == 1
+    assert f"{path}:51:" in caplog.text, caplog.text  # the line of the bad byte, though its block starts later
+
+
+# ---- property-based: arbitrary bytes never crash a reader ----------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LINE = st.one_of(
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b),
+    st.text(max_size=30).map(lambda t: json.dumps({"text": t}).encode()),
+    st.sampled_from([b'{"text": 1}', b'{"text": null}', b"[1, 2]", b'{"text": "\xc3\x28"}', b'{"text": "  "}', b"{"]),
+)
+_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _fuzz_read(tmp_path, name, data: bytes, fmt, **kw):
+    path = tmp_path / name
+    path.write_bytes(data)
+    errors = DataErrors()
+    opts = ReadOptions(block_bytes=37, max_doc_chars=25, max_record_bytes=64)
+    got = read_all([src(path, fmt, **kw)], opts, errors)
+    assert all(isinstance(t, str) and t and len(t) <= 25 for t in got)
+    assert all(n > 0 for n in errors.counts.values())
+    return got, errors
+
+
+@_FUZZ
+@given(lines=st.lists(_LINE, max_size=12))
+def test_fuzz_jsonl_every_nonblank_line_is_a_document_or_counted(tmp_path, lines):
+    got, errors = _fuzz_read(tmp_path, "f.jsonl", b"\n".join(lines) + b"\n", "jsonl")
+    records = sum(bool(line.strip()) for line in lines)
+    # every record gives one or more documents (split) or exactly one counted problem
+    documents = records - sum(n for r, n in errors.counts.items() if r != "split_docs")
+    assert documents <= len(got) and (documents == len(got) or errors.counts["split_docs"])
+
+
+@_FUZZ
+@given(data=st.binary(max_size=300), split=st.sampled_from(["line", "paragraph"]))
+def test_fuzz_txt_arbitrary_bytes(tmp_path, data, split):
+    _fuzz_read(tmp_path, "f.txt", data, "txt", split=split)
+
+
+@_FUZZ
+@given(lines=st.lists(_LINE, max_size=12), cut=st.floats(0, 1), flip=st.integers(0, 10_000))
+def test_fuzz_gzip_truncated_or_damaged(tmp_path, lines, cut, flip):
+    raw = bytearray(gzip.compress(b"\n".join(lines) + b"\n"))
+    raw[flip % len(raw)] ^= 0x5A
+    got, errors = _fuzz_read(tmp_path, "f.jsonl.gz", bytes(raw[: max(1, int(len(raw) * cut))]), "jsonl.gz")
+
+
+@_FUZZ
+@given(data=st.binary(max_size=200))
+def test_fuzz_gzip_arbitrary_bytes(tmp_path, data):
+    _fuzz_read(tmp_path, "g.jsonl.gz", data, "jsonl.gz")

@@ -63,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # user errors: a clear line, not a traceback
         print(f"mmbert {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk is one line too; the atomic writers left the old files intact
+        from mmbert.model.checkpoint import disk_full_message
+
+        message = disk_full_message(e, _AFTER_DISK_FULL.get(args.command, "run it again"))
+        if message is None:
+            raise
+        print(f"mmbert {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+# What to do after freeing space: training continues from its checkpoints; other commands start over.
+_AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again"}
 
 
 if __name__ == "__main__":

@@ -210,7 +210,16 @@ class LanguageStream:
             log.warning("%s: worker %d has no documents in its slice; it reads the whole language", self.lang, self.worker)
             st["fallback"] = True
         else:
-            log.info("%s: worker %d finished epoch %d (%d documents); starting the next", self.lang, self.worker, st["epoch"], st["epoch_docs"])
+            if st["epoch"] == 0 and self.worker == 0:
+                # once per language: a small language sampled often repeats its text many times, which
+                # deserves a warning with the numbers, not one INFO line per epoch
+                share = "the language" if self.plan.world_size * self.plan.workers_per_rank == 1 else "worker 0's share"
+                log.warning("%s: all %d documents of %s read (sampling probability %.3f); its text repeats from "
+                            "now on (further epochs are logged at DEBUG)", self.lang, st["epoch_docs"], share,
+                            self.plan.probs.get(self.lang, float("nan")))
+            else:
+                log.debug("%s: worker %d finished epoch %d (%d documents); starting the next", self.lang,
+                          self.worker, st["epoch"], st["epoch_docs"])
             st["epoch"] += 1
         st.update(slot=0, cursor=None, doc_index=0, taken=0, offset=0, epoch_docs=0)
         self._assignment_epoch = -1

@@ -89,6 +89,10 @@ def measure_sizes(manifest: Manifest, tokenizer=None, opts: ReadOptions = ReadOp
             if tok_fp is not None:
                 entry["tokens"][tok_fp] = m["tokens"]
             log.info("measured %s: %d bytes, %d documents", lang, m["bytes"], m["docs"])
+            if m["docs"] == 0:  # once, when measured: the cached entry is reused silently afterwards
+                skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(errors.counts.items())) or "no records"
+                log.warning("%s: no readable document in its %d file(s) (%s); the language is left out of "
+                            "training", lang, len(files), skipped)
             cache["languages"][lang] = entry
             changed = True
         elif tok_fp is not None and tok_fp not in entry["tokens"]:

@@ -18,7 +18,11 @@ Choices:
   in pieces and is skipped (drained in chunks) with a ``record_too_long`` count.
 - Bad records (invalid UTF-8, malformed JSON, a missing/non-string text field, empty text) are
   skipped, counted by reason in a :class:`DataErrors` and logged with file and line (or byte offset
-  for blocks that do not start a file, whose line numbers are unknown without a scan from the start).
+  for blocks that do not start a file, whose line numbers are unknown without a scan from the start;
+  invalid UTF-8 is rare enough to pay that scan and is always reported with its line).
+- A file that breaks mid-way (truncated or corrupt gzip — ``zlib.error`` included —, a corrupt Parquet
+  row group or Arrow file) ends its shard with an ``unreadable_file`` warning that names the file and
+  what is skipped: the rest of the file, or for Parquet the rest of that row group only.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -102,6 +107,23 @@ class DataErrors:
 
 def _where(file: str, line: int, pos: int) -> str:
     return f"{file}:{line}" if line > 0 else f"{file} (byte {pos})"
+
+
+def _line_at(file: str, pos: int) -> int:
+    """1-based line number of byte ``pos`` of a plain file (a scan from the start; only for error messages)."""
+    n, left = 1, pos
+    with open(file, "rb") as f:
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            n += chunk.count(b"\n")
+            left -= len(chunk)
+    return n
+
+
+def _where_bad_utf8(file: str, line: int, pos: int, raw: bytes, bad: int, compressed: bool = False) -> str:
+    """File and line of the invalid byte ``raw[bad]`` of a record that starts at byte ``pos``, ``line``."""
+    if line <= 0 and not compressed:
+        line = _line_at(file, pos)
+    return _where(file, line + raw.count(b"\n", 0, bad) if line > 0 else line, pos)
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -180,7 +202,8 @@ def _read_txt_lines(shard: Shard, cursor: Cursor | None, errors: DataErrors, opt
             try:
                 text = raw.decode("utf-8").strip()
             except UnicodeDecodeError as e:
-                errors.record("invalid_utf8", shard.file, _where(shard.file, line, pos), f"{e.reason} at byte {pos + e.start}; record skipped")
+                errors.record("invalid_utf8", shard.file, _where_bad_utf8(shard.file, line, pos, raw, e.start),
+                              f"{e.reason} at byte {pos + e.start}; record skipped")
                 text = ""
             nc = [nxt, nline, 0 if complete else 1, 0]
             if text:
@@ -207,7 +230,7 @@ def _read_txt_paragraphs(shard: Shard, cursor: Cursor | None, errors: DataErrors
             try:
                 text = data.decode("utf-8").strip()
             except UnicodeDecodeError as e:
-                errors.record("invalid_utf8", shard.file, _where(shard.file, rec_line, rec_pos),
+                errors.record("invalid_utf8", shard.file, _where_bad_utf8(shard.file, rec_line, rec_pos, data, e.start),
                               f"{e.reason} at byte {rec_pos + e.start}; paragraph skipped")
                 return
             if text:
@@ -280,7 +303,9 @@ def _read_jsonl(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: R
                 try:
                     obj = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError as e:
-                    errors.record("invalid_utf8", shard.file, where, f"{e.reason} at byte {pos + e.start}; record skipped")
+                    errors.record("invalid_utf8", shard.file, _where_bad_utf8(shard.file, line, pos, raw, e.start, gz),
+                                  f"{e.reason} at byte {pos + e.start}" + (" (decompressed)" if gz else "")
+                                  + "; record skipped")
                 except json.JSONDecodeError as e:
                     errors.record("malformed_json", shard.file, where, f"{e.msg} (column {e.colno}); record skipped")
                 else:
@@ -379,8 +404,11 @@ def read_shard(shard: Shard, cursor: Cursor | None = None, errors: DataErrors | 
         raise ValueError(f"unknown format {fmt!r} of {src.path}")
     try:
         yield from gen
-    except (OSError, EOFError, ValueError) as e:  # truncated gzip, corrupt parquet/arrow (ArrowInvalid is a ValueError)
-        errors.record("unreadable_file", shard.file, shard.describe(), f"{type(e).__name__}: {e}; rest of the file skipped")
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        # truncated gzip (EOFError), corrupt deflate data (zlib.error), corrupt parquet/arrow (ArrowInvalid
+        # is a ValueError), an I/O error of the disk
+        rest = "rest of this row group skipped" if fmt == "parquet" else "rest of the file skipped"
+        errors.record("unreadable_file", shard.file, shard.describe(), f"{type(e).__name__}: {e}; {rest}")
 
 
 def _arrow_files(folder: str) -> list[str]:

@@ -83,10 +83,15 @@ class ModelConfig:
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def from_preset(cls, name: str, tokenizer: Any = None, **overrides: Any) -> "ModelConfig":
+        """A preset's shape. Its vocabulary and special ids are placeholders (``tiny`` has 512 tokens, for
+        tests on synthetic ids): pass ``tokenizer`` (any object with ``vocab_size``, ``pad_id``,
+        ``mask_id``, ``bos_id``, ``eos_id``, e.g. ``mmbert.tokenizer.Tokenizer.default()``) to take them
+        from it, as the trainer does; explicit ``overrides`` win."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        ids = tokenizer_fields(tokenizer) if tokenizer is not None else {}
+        return cls(**{**PRESETS[name], **ids, **overrides})
 
     # ---- transformers config.json --------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
@@ -177,6 +182,16 @@ _HF_DEFAULTS = dict(vocab_size=50368, pad_token_id=50283, eos_token_id=50282, bo
 _MMBERT = dict(vocab_size=256_000, max_position_embeddings=8192, global_rope_theta=160_000.0,
                local_rope_theta=160_000.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
                cls_token_id=2, sep_token_id=1, mask_token_id=4)
+
+def tokenizer_fields(tokenizer: Any) -> dict[str, int]:
+    """The ModelConfig fields a tokenizer decides: vocabulary size and special-token ids."""
+    ids = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id, "mask_token_id": tokenizer.mask_id}
+    if getattr(tokenizer, "bos_id", None) is not None:
+        ids.update(bos_token_id=tokenizer.bos_id, cls_token_id=tokenizer.bos_id)
+    if getattr(tokenizer, "eos_id", None) is not None:
+        ids.update(eos_token_id=tokenizer.eos_id, sep_token_id=tokenizer.eos_id)
+    return ids
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests: 4 layers -> global, local, local, global; window 16 so short test batches cross it.

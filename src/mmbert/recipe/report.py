@@ -8,7 +8,6 @@ the variants-vs-merge comparison. Every number comes from the run's own files.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -25,12 +24,11 @@ HIGHLIGHT = ("fao_Latn", "tir_Ethi")
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """(step records, event records); a resumed run's repeated steps keep their last value."""
+    from mmbert.train.metrics import read_metrics_records
+
     steps: dict[tuple, dict] = {}
     events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_metrics_records(Path(path)):
         if "event" in rec:
             events.append(rec)
         else:

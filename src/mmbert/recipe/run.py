@@ -73,14 +73,24 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | No
 
 def run_recipe(config_path: str | Path, run_dir: str | Path | None = None, quick: bool = False,
                overrides: list[str] | None = None) -> Path:
-    """Run (or finish) the recipe into ``run_dir``; return the report's path."""
-    from mmbert.recipe.training import train
+    """Run (or finish) the recipe into ``run_dir``; return the report's path. The run directory is locked
+    for the whole recipe (``mmbert.train.rundir``): a second run on it stops with an error naming the first."""
+    from mmbert.train.rundir import hold_run_dir
 
     t0 = time.perf_counter()
     config_path = Path(config_path)
     cfg, recipe = load_recipe(config_path, quick, overrides)
     run_dir = Path(run_dir or Path("runs") / (config_path.stem + ("-quick" if quick else "")))
-    resume = run_dir.is_dir() and any(run_dir.iterdir())
+    with hold_run_dir(run_dir):
+        return _run_recipe(config_path, cfg, recipe, run_dir, quick, overrides, t0)
+
+
+def _run_recipe(config_path: Path, cfg, recipe: Recipe, run_dir: Path, quick: bool, overrides: list[str] | None,
+                t0: float) -> Path:
+    from mmbert.recipe.training import train
+    from mmbert.train.rundir import LOCK_NAME
+
+    resume = any(p.name != LOCK_NAME for p in run_dir.iterdir())
     if resume:
         print(f"[mmbert run] {run_dir} exists: continuing from its newest checkpoints", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -56,3 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"mmbert train: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        from mmbert.model.checkpoint import disk_full_message
+
+        message = disk_full_message(e, "--resume", args.out or "the run directory")
+        if message is None:
+            raise
+        print(f"mmbert train: error: {message}", file=sys.stderr)
+        return 1

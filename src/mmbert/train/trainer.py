@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from mmbert.model import MmBertForMaskedLM, ModelConfig
+from mmbert.model.checkpoint import is_disk_full
+from mmbert.model.config import tokenizer_fields
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.batches import Corpus, build_source, load_heldout_texts, prepare_corpus
 from mmbert.train.config import TrainConfig, load_config
@@ -47,6 +49,7 @@ from mmbert.train.parallel import (
     unwrap,
 )
 from mmbert.train.phases import Stage, plan_stages, resolve_languages, sampling_sizes
+from mmbert.train.rundir import lock_run_dir
 from mmbert.train.schedule import batch_tokens_at, lr_at, phase_steps
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,8 @@ def train(config: TrainConfig | str | Path, run_dir: str | Path, resume: bool = 
     started_here = not torch.distributed.is_initialized()
     world = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, Path(run_dir), world, hooks).run(resume)
+        with lock_run_dir(Path(run_dir), world):  # one writer per run directory
+            return Trainer(cfg, Path(run_dir), world, hooks).run(resume)
     finally:
         if started_here:
             destroy_distributed()
@@ -133,13 +137,7 @@ class Trainer:
             if "vocab_size" in overrides and overrides["vocab_size"] != tokenizer.vocab_size:
                 raise ValueError(f"model.overrides.vocab_size={overrides['vocab_size']} but the tokenizer has "
                                  f"{tokenizer.vocab_size} tokens")
-            ids = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-                   "mask_token_id": tokenizer.mask_id}
-            if tokenizer.bos_id is not None:
-                ids.update(bos_token_id=tokenizer.bos_id, cls_token_id=tokenizer.bos_id)
-            if tokenizer.eos_id is not None:
-                ids.update(eos_token_id=tokenizer.eos_id, sep_token_id=tokenizer.eos_id)
-            overrides = {**ids, **overrides}
+            overrides = {**tokenizer_fields(tokenizer), **overrides}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
         if unknown:
             raise ValueError(f"model.overrides: unknown ModelConfig field {unknown[0]!r}")
@@ -206,8 +204,20 @@ class Trainer:
                     self._record(result, stage)
                     resume = True  # later stages may hold partial output of an earlier attempt
             return result
+        except OSError as e:
+            if is_disk_full(e):
+                self._disk_full(e)
+            raise
         finally:
             self.metrics.close()
+
+    def _disk_full(self, e: OSError) -> None:
+        """Log a ``stop`` event when the disk still takes one line (the files on disk are consistent)."""
+        try:
+            self.metrics.write({"event": "stop", "step": self.step, "reason": "disk_full",
+                                "message": f"{e}: free space and --resume"})
+        except OSError:
+            pass
 
     def _record(self, result: TrainResult, stage: Stage) -> None:
         if stage.variant:
@@ -219,7 +229,7 @@ class Trainer:
     def _start_point(self, stage: Stage, resume: bool, live: Path | None) -> Path | None:
         """The checkpoint to load before running ``stage`` (None: keep the model as it is)."""
         if resume:
-            latest = ckpt.latest_checkpoint(stage.checkpoints)
+            latest = ckpt.latest_valid_checkpoint(stage.checkpoints)
             if latest is not None:
                 return latest
         if stage.parent is None:
