@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmbert.data.manifest import Manifest, load_manifest
 from mmbert.data.masking import mask_tokens
-from mmbert.data.packing import assemble_batch
+from mmbert.data.packing import assemble_batch, split_documents
 from mmbert.data.sampling import (
     assign_shards,
     draw_languages,
@@ -178,9 +178,10 @@ class LanguageStream:
             quiet = self._replay or st["epoch"] > 0 or st["fallback"] or (modulus > 1 and residue != 0)
             sink = DataErrors(enabled=False) if quiet else self.errors
             texts, end_cursor, j, done = [], st["cursor"], st["doc_index"], True
-            with contextlib.closing(read_shard(self.shards[shard_idx], st["cursor"], sink, self.plan.opts)) as docs:
+            shard = self.shards[shard_idx]
+            with contextlib.closing(read_shard(shard, st["cursor"], sink, self.plan.opts)) as docs:
                 for text, cursor in docs:
-                    if j % modulus == residue:
+                    if j % modulus == residue and (isinstance(text, str) or self._ids_fit(text, shard, cursor, sink)):
                         texts.append(text)
                     j, end_cursor = j + 1, cursor
                     if len(texts) == phase.shuffle_window:
@@ -193,12 +194,34 @@ class LanguageStream:
             if not self._replay:
                 st["epoch_docs"] += len(texts)
             self._replay = False
-            ids = self.plan.tokenizer.encode_batch(texts, add_special_tokens=True)
+            ids = self._encode(texts)
             perm = window_permutation(len(ids), phase.seed, self.lang, st["epoch"], shard_idx, st["doc_index"])
             # Empty encodings would make zero-length pieces; dropping them keeps positions stable.
-            self._window = [a for a in (np.asarray(ids[i], dtype=np.int32) for i in perm) if len(a)]
+            # A pre-tokenized record (e.g. an 8,192-token MDS chunk) is cut back into its documents.
+            tok = self.plan.tokenizer
+            bos, eos = getattr(tok, "bos_id", None), getattr(tok, "eos_id", None)
+            self._window = [d for i in perm for d in ([np.asarray(ids[i], dtype=np.int32)] if isinstance(texts[i], str)
+                                                      else split_documents(ids[i].astype(np.int32), bos, eos)) if len(d)]
             self._window_end = (end_cursor, j, done)
             return
+
+    def _encode(self, items: list) -> list:
+        """Token ids of a window: texts tokenized in one batch, pre-tokenized records as they are."""
+        texts = [x for x in items if isinstance(x, str)]
+        if len(texts) == len(items):
+            return self.plan.tokenizer.encode_batch(texts, add_special_tokens=True)
+        encoded = iter(self.plan.tokenizer.encode_batch(texts, add_special_tokens=True) if texts else [])
+        return [next(encoded) if isinstance(x, str) else x for x in items]
+
+    def _ids_fit(self, ids: np.ndarray, shard: Shard, cursor, sink: DataErrors) -> bool:
+        """A pre-tokenized record must fit the run's vocabulary; one that does not is skipped and counted
+        (the first sample of every source was checked at build time, so this is damage, not a mismatch)."""
+        vocab = self.plan.tokenizer.vocab_size
+        if int(ids.max()) < vocab:
+            return True
+        sink.record("token_out_of_range", shard.file, f"{shard.describe()} before cursor {cursor}",
+                    f"token id {int(ids.max())} >= vocabulary size {vocab}; record skipped")
+        return False
 
     def _end_epoch(self) -> None:
         st = self.st
@@ -379,6 +402,35 @@ def _jsonable(state: dict) -> dict:
     return json.loads(json.dumps(state))
 
 
+def check_pretokenized(shards: dict[str, list[Shard]], tokenizer, options: ReadOptions = ReadOptions()) -> None:
+    """Check the run's tokenizer against every pre-tokenized source before training on it: the
+    ``special_ids`` a source declares must be the tokenizer's, and the ids of the first record of each
+    source must be below its vocabulary size. Raises ValueError naming the source otherwise."""
+    checked: set[str] = set()
+    for lang, lang_shards in shards.items():
+        for shard in lang_shards:
+            src = shard.source
+            if src.path in checked:
+                continue
+            for role, want in src.special_ids:
+                have = getattr(tokenizer, f"{role}_id", None)
+                if have != want:
+                    raise ValueError(f"{lang}: source {src.path} was tokenized with {role} id {want}, the run's "
+                                     f"tokenizer has {have}: train with the tokenizer the data was made with")
+            if not (src.token_field or (shard.mds is not None and shard.mds.kind == "tokens")):
+                checked.add(src.path)
+                continue
+            with contextlib.closing(read_shard(shard, None, DataErrors(enabled=False), options)) as docs:
+                first = next((d for d, _ in docs if not isinstance(d, str)), None)
+            if first is None:
+                continue  # unreadable: the next shard of the source is tried
+            checked.add(src.path)
+            if int(first.max()) >= tokenizer.vocab_size:
+                raise ValueError(f"{lang}: source {src.path} ({shard.describe()}) holds token id {int(first.max())}, "
+                                 f"not below the run's vocabulary size {tokenizer.vocab_size}: the data was tokenized "
+                                 f"with another tokenizer")
+
+
 def build_loader(manifest: str | os.PathLike | Manifest, tokenizer, phase: PhaseData, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict | None = None, *,
                  options: ReadOptions = ReadOptions(), sizes: dict[str, int] | None = None,
@@ -420,5 +472,6 @@ def build_loader(manifest: str | os.PathLike | Manifest, tokenizer, phase: Phase
     no_shards = [lang for lang, s in shards.items() if not s]
     if no_shards:
         raise ValueError(f"languages {no_shards} have sizes but no readable shard in {m.path}; delete the stale {m.path} size cache")
+    check_pretokenized(shards, tokenizer, options)
     plan = _Plan(phase, probs, shards, tokenizer, options, rank, world_size, num_workers)
     return DataPipeline(plan, problems, state, pin_memory, prefetch_factor)
