@@ -341,3 +341,24 @@ def test_pretokenized_parquet_jsonl_and_arrow_skip_the_tokenizer(tmp_path):
     loader.close()
     assert b["num_tokens"] == 128
     assert measure_sizes(man, None)["eng_Latn"]["bytes"] == 4 * sum(len(c) for c in chunks)
+
+
+# --- our writer --------------------------------------------------------------------------------------
+
+def test_our_writer_writes_what_the_real_writer_wrote(tmp_path):
+    """Same samples, columns and size_limit as make_fixtures.py: byte-identical shards and index."""
+    eng = [np.array(c, np.uint32) for c in EXPECTED["eng_Latn"]]
+    mds.write_mds(str(tmp_path / "eng"), {"input_ids": "ndarray:uint32", "id": "str"},
+                  ({"input_ids": c, "id": f"eng-{i}"} for i, c in enumerate(eng)), size_limit=1 << 10)
+    ref = json.loads((FIXTURES / "eng_Latn" / "index.json").read_text())
+    assert json.loads((tmp_path / "eng" / "index.json").read_text()) == ref
+    for s in ref["shards"]:
+        name = s["raw_data"]["basename"]
+        assert (tmp_path / "eng" / name).read_bytes() == (FIXTURES / "eng_Latn" / name).read_bytes(), name
+    fra = EXPECTED["fra_Latn"][: len(EXPECTED["fra_Latn"]) // 2]
+    mds.write_mds(str(tmp_path / "fra"), {"input_ids": "ndarray", "len": "int"},
+                  ({"input_ids": np.array(c, np.int32), "len": len(c)} for c in fra), size_limit=1 << 10)
+    sub = FIXTURES / "fra_Latn" / "shard_00000-tokenized-chunked"
+    assert sorted(p.name for p in (tmp_path / "fra").iterdir()) == sorted(p.name for p in sub.iterdir())
+    for p in sub.iterdir():
+        assert (tmp_path / "fra" / p.name).read_bytes() == p.read_bytes(), p.name

@@ -300,3 +300,85 @@ def iter_samples(shard: MDSShard, start: int = 0, end: int = -1) -> Iterator[tup
                 raise MDSError(f"{where}: column sizes {lens} do not add up to the sample's {len(data)} bytes")
             pos += sum(lens[:j])
             yield i, _decode(shard.encodings[j], data[pos : pos + lens[j]], where)
+
+
+def _encode(encoding: str, value) -> bytes:
+    """The inverse of :func:`_decode` for the encodings a corpus writer needs."""
+    name, _, arg = encoding.partition(":")
+    if name == "ndarray":
+        arr = np.asarray(value)
+        args = arg.split(":") if arg else []
+        head = b""
+        if not (args and args[0]):
+            code = {v: k for k, v in _VALUE_DTYPES.items()}.get(arr.dtype.name)
+            if code is None:
+                raise ValueError(f"ndarray dtype {arr.dtype} is not an MDS dtype")
+            head += bytes([code])
+        elif arr.dtype.name != args[0]:
+            raise ValueError(f"ndarray of dtype {arr.dtype}, the column is {args[0]}")
+        if len(args) < 2:
+            if arr.ndim == 0 or arr.size == 0:
+                raise ValueError("MDS cannot store a scalar or empty ndarray")
+            x = max(arr.shape)
+            sdt = 0 if x < 1 << 8 else 1 if x < 1 << 16 else 2 if x < 1 << 32 else 3
+            head += bytes([(arr.ndim << 2) | sdt]) + np.array(arr.shape, _SHAPE_DTYPES[sdt]).tobytes()
+        return head + arr.tobytes()
+    if name == "str":
+        return value.encode("utf-8")
+    if name == "int":
+        return np.int64(value).tobytes()
+    if name in _SCALARS:
+        return np.dtype(name).type(value).tobytes()
+    if name == "json":
+        return json.dumps(value).encode("utf-8")
+    if name == "bytes":
+        return bytes(value)
+    raise ValueError(f"writing MDS encoding {encoding!r} is not supported")
+
+
+def write_mds(folder: str, columns: dict[str, str], samples, size_limit: int = 1 << 26) -> list[str]:
+    """Write ``samples`` (dicts of ``columns`` name -> encoding) as an uncompressed MDS dataset in
+    ``folder``: the files ``streaming``'s ``MDSWriter`` writes for the same input (same shard cuts and
+    bytes; checked against its output in the tests), without hashes. Returns the shard paths.
+
+    For converting a corpus once (e.g. pre-tokenizing text into ``input_ids: ndarray:uint32``) and for
+    tests and benchmarks; nothing else in mmbert writes MDS."""
+    names = sorted(columns)
+    encodings = [columns[n] for n in names]
+    sizes = [{"int": 8}.get(e, np.dtype(e).itemsize if e in _SCALARS else None) for e in encodings]
+    cfg = {"version": 2, "format": "mds", "compression": None, "hashes": [], "size_limit": size_limit,
+           "column_names": names, "column_encodings": encodings, "column_sizes": sizes}
+    config = json.dumps(cfg, sort_keys=True).encode("utf-8")
+    os.makedirs(folder, exist_ok=True)
+    shards: list[dict] = []
+    paths: list[str] = []
+    cache: list[bytes] = []
+    cache_size = 8 + len(config)  # MDSWriter's extra bytes per shard
+
+    def flush():
+        n = len(cache)
+        offsets = np.array([0] + [len(s) for s in cache]).cumsum().astype(np.uint32)
+        offsets += 4 + 4 * (n + 1) + len(config)
+        data = np.uint32(n).tobytes() + offsets.tobytes() + config + b"".join(cache)
+        basename = f"shard.{len(shards):05}.mds"
+        path = os.path.join(folder, basename)
+        with open(path, "wb") as f:
+            f.write(data)
+        shards.append({"samples": n, "raw_data": {"basename": basename, "bytes": len(data), "hashes": {}},
+                       "zip_data": None, **cfg})
+        paths.append(path)
+
+    for sample in samples:
+        parts = [_encode(e, sample[n]) for n, e in zip(names, encodings)]
+        head = np.array([len(p) for p, s in zip(parts, sizes) if s is None], np.uint32).tobytes()
+        encoded = head + b"".join(parts)
+        if size_limit and size_limit < cache_size + len(encoded) + 4:
+            flush()
+            cache, cache_size = [], 8 + len(config)
+        cache.append(encoded)
+        cache_size += len(encoded) + 4
+    if cache:
+        flush()
+    with open(os.path.join(folder, INDEX), "w") as f:
+        json.dump({"version": 2, "shards": shards}, f, sort_keys=True)
+    return paths
