@@ -16,6 +16,12 @@ Architecture (one process per data-parallel rank, ``num_workers`` DataLoader wor
   resume the workers are rotated to start with the one that was next. Restoring therefore continues
   exactly the uninterrupted sequence of batches, with any ``num_workers`` >= 0 (the same as saved).
 
+Pre-tokenized records (MDS token columns, ``token_field`` sources) skip the tokenizer: a window holds
+records, each cut at <bos>/<eos> into documents (packing.split_documents), so an 8,192-token chunk
+feeds ``seq_len`` rows like any long document. ``build_loader`` first checks the run's tokenizer
+against the data (``check_pretokenized``); a later record with an id beyond the vocabulary is skipped
+and counted (``token_out_of_range``).
+
 Document text never enters the state: a stream's position is (epoch, slot, reader cursor at the
 window start, document index, documents taken from the window, token offset); on resume the window
 is re-read and re-tokenized (its bad records are not counted twice).
@@ -403,28 +409,30 @@ def _jsonable(state: dict) -> dict:
 
 
 def check_pretokenized(shards: dict[str, list[Shard]], tokenizer, options: ReadOptions = ReadOptions()) -> None:
-    """Check the run's tokenizer against every pre-tokenized source before training on it: the
-    ``special_ids`` a source declares must be the tokenizer's, and the ids of the first record of each
-    source must be below its vocabulary size. Raises ValueError naming the source otherwise."""
-    checked: set[str] = set()
+    """Check the run's tokenizer against the pre-tokenized sources before training on them: the
+    ``special_ids`` every source declares must be the tokenizer's, and the ids of the first readable
+    record of each language's pre-tokenized data must be below its vocabulary size (one record per
+    language keeps this cheap for thousands of MDS folders; every later record is checked as it is
+    read). Raises ValueError naming the source otherwise."""
     for lang, lang_shards in shards.items():
+        declared: set[str] = set()
+        sampled = False
         for shard in lang_shards:
             src = shard.source
-            if src.path in checked:
-                continue
-            for role, want in src.special_ids:
-                have = getattr(tokenizer, f"{role}_id", None)
-                if have != want:
-                    raise ValueError(f"{lang}: source {src.path} was tokenized with {role} id {want}, the run's "
-                                     f"tokenizer has {have}: train with the tokenizer the data was made with")
-            if not (src.token_field or (shard.mds is not None and shard.mds.kind == "tokens")):
-                checked.add(src.path)
+            if src.path not in declared:
+                declared.add(src.path)
+                for role, want in src.special_ids:
+                    have = getattr(tokenizer, f"{role}_id", None)
+                    if have != want:
+                        raise ValueError(f"{lang}: source {src.path} was tokenized with {role} id {want}, the run's "
+                                         f"tokenizer has {have}: train with the tokenizer the data was made with")
+            if sampled or not (src.token_field or (shard.mds is not None and shard.mds.kind == "tokens")):
                 continue
             with contextlib.closing(read_shard(shard, None, DataErrors(enabled=False), options)) as docs:
                 first = next((d for d, _ in docs if not isinstance(d, str)), None)
             if first is None:
-                continue  # unreadable: the next shard of the source is tried
-            checked.add(src.path)
+                continue  # unreadable or empty: the next shard is tried
+            sampled = True
             if int(first.max()) >= tokenizer.vocab_size:
                 raise ValueError(f"{lang}: source {src.path} ({shard.describe()}) holds token id {int(first.max())}, "
                                  f"not below the run's vocabulary size {tokenizer.vocab_size}: the data was tokenized "

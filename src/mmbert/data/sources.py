@@ -438,7 +438,7 @@ def read_shard(shard: Shard, cursor: Cursor | None = None, errors: DataErrors | 
         raise ValueError(f"unknown format {fmt!r} of {src.path}")
     try:
         yield from gen
-    except (OSError, EOFError, ValueError) as e:  # truncated gzip/MDS, corrupt parquet/arrow (ArrowInvalid, MDSError are ValueErrors)
+    except (OSError, EOFError, ValueError) as e:  # truncated gzip, corrupt parquet/arrow (ArrowInvalid is a ValueError)
         errors.record("unreadable_file", shard.file, shard.describe(), f"{type(e).__name__}: {e}; rest of the file skipped")
 
 
