@@ -33,13 +33,19 @@ Rows are always full. Documents are tokenized ``<bos> ... <eos>``; one that does
 split and continues at the start of the next row of its language *without* a new ``<bos>``. A
 document longer than ``ReadOptions.max_doc_chars`` characters is split into several documents.
 
+Pre-tokenized input (mmBERT's published MDS shards, or ``token_field`` columns of JSONL/Parquet/Arrow)
+skips the tokenizer: each record is cut at ``<bos>``/``<eos>`` into documents (packing.split_documents)
+and packed like tokenized text; the run's tokenizer is checked against the data first (vocabulary size,
+declared ``special_ids``).
+
 Building blocks, usable on their own:
 - ``load_manifest(path) -> Manifest`` (manifest.py), ``validate_language_code(code)``
 - ``measure_sizes(manifest, tokenizer=None) -> {lang: {"bytes", "docs", "tokens"}}``, cached in
   ``<manifest stem>.sizes.json`` (sizes.py)
 - ``plan_shards(files) -> [Shard]``, ``read_shard(shard, cursor) -> (text, cursor)...`` (sources.py)
 - ``language_probabilities(sizes, tau) -> {lang: p}``, ``draw_languages``, ``assign_shards`` (sampling.py)
-- ``assemble_batch(rows, languages)`` (packing.py)
+- ``assemble_batch(rows, languages)``, ``split_documents(ids, bos_id, eos_id)`` (packing.py)
+- ``mds.read_index(folder)``, ``mds.iter_samples(shard)``, ``mds.write_mds(folder, columns, samples)`` (mds.py)
 - ``mask_tokens(input_ids, mask_ratio, mask_id, vocab_size, special_ids, generator) -> (ids, labels)``
   (masking.py)
 

@@ -16,6 +16,12 @@ Architecture (one process per data-parallel rank, ``num_workers`` DataLoader wor
   resume the workers are rotated to start with the one that was next. Restoring therefore continues
   exactly the uninterrupted sequence of batches, with any ``num_workers`` >= 0 (the same as saved).
 
+Pre-tokenized records (MDS token columns, ``token_field`` sources) skip the tokenizer: a window holds
+records, each cut at <bos>/<eos> into documents (packing.split_documents), so an 8,192-token chunk
+feeds ``seq_len`` rows like any long document. ``build_loader`` first checks the run's tokenizer
+against the data (``check_pretokenized``); a later record with an id beyond the vocabulary is skipped
+and counted (``token_out_of_range``).
+
 Document text never enters the state: a stream's position is (epoch, slot, reader cursor at the
 window start, document index, documents taken from the window, token offset); on resume the window
 is re-read and re-tokenized (its bad records are not counted twice).
@@ -38,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmbert.data.manifest import Manifest, load_manifest
 from mmbert.data.masking import mask_tokens
-from mmbert.data.packing import assemble_batch
+from mmbert.data.packing import assemble_batch, split_documents
 from mmbert.data.sampling import (
     assign_shards,
     draw_languages,
@@ -178,9 +184,10 @@ class LanguageStream:
             quiet = self._replay or st["epoch"] > 0 or st["fallback"] or (modulus > 1 and residue != 0)
             sink = DataErrors(enabled=False) if quiet else self.errors
             texts, end_cursor, j, done = [], st["cursor"], st["doc_index"], True
-            with contextlib.closing(read_shard(self.shards[shard_idx], st["cursor"], sink, self.plan.opts)) as docs:
+            shard = self.shards[shard_idx]
+            with contextlib.closing(read_shard(shard, st["cursor"], sink, self.plan.opts)) as docs:
                 for text, cursor in docs:
-                    if j % modulus == residue:
+                    if j % modulus == residue and (isinstance(text, str) or self._ids_fit(text, shard, cursor, sink)):
                         texts.append(text)
                     j, end_cursor = j + 1, cursor
                     if len(texts) == phase.shuffle_window:
@@ -193,12 +200,34 @@ class LanguageStream:
             if not self._replay:
                 st["epoch_docs"] += len(texts)
             self._replay = False
-            ids = self.plan.tokenizer.encode_batch(texts, add_special_tokens=True)
+            ids = self._encode(texts)
             perm = window_permutation(len(ids), phase.seed, self.lang, st["epoch"], shard_idx, st["doc_index"])
             # Empty encodings would make zero-length pieces; dropping them keeps positions stable.
-            self._window = [a for a in (np.asarray(ids[i], dtype=np.int32) for i in perm) if len(a)]
+            # A pre-tokenized record (e.g. an 8,192-token MDS chunk) is cut back into its documents.
+            tok = self.plan.tokenizer
+            bos, eos = getattr(tok, "bos_id", None), getattr(tok, "eos_id", None)
+            self._window = [d for i in perm for d in ([np.asarray(ids[i], dtype=np.int32)] if isinstance(texts[i], str)
+                                                      else split_documents(ids[i].astype(np.int32), bos, eos)) if len(d)]
             self._window_end = (end_cursor, j, done)
             return
+
+    def _encode(self, items: list) -> list:
+        """Token ids of a window: texts tokenized in one batch, pre-tokenized records as they are."""
+        texts = [x for x in items if isinstance(x, str)]
+        if len(texts) == len(items):
+            return self.plan.tokenizer.encode_batch(texts, add_special_tokens=True)
+        encoded = iter(self.plan.tokenizer.encode_batch(texts, add_special_tokens=True) if texts else [])
+        return [next(encoded) if isinstance(x, str) else x for x in items]
+
+    def _ids_fit(self, ids: np.ndarray, shard: Shard, cursor, sink: DataErrors) -> bool:
+        """A pre-tokenized record must fit the run's vocabulary; one that does not is skipped and counted
+        (the first sample of every source was checked at build time, so this is damage, not a mismatch)."""
+        vocab = self.plan.tokenizer.vocab_size
+        if int(ids.max()) < vocab:
+            return True
+        sink.record("token_out_of_range", shard.file, f"{shard.describe()} before cursor {cursor}",
+                    f"token id {int(ids.max())} >= vocabulary size {vocab}; record skipped")
+        return False
 
     def _end_epoch(self) -> None:
         st = self.st
@@ -388,6 +417,37 @@ def _jsonable(state: dict) -> dict:
     return json.loads(json.dumps(state))
 
 
+def check_pretokenized(shards: dict[str, list[Shard]], tokenizer, options: ReadOptions = ReadOptions()) -> None:
+    """Check the run's tokenizer against the pre-tokenized sources before training on them: the
+    ``special_ids`` every source declares must be the tokenizer's, and the ids of the first readable
+    record of each language's pre-tokenized data must be below its vocabulary size (one record per
+    language keeps this cheap for thousands of MDS folders; every later record is checked as it is
+    read). Raises ValueError naming the source otherwise."""
+    for lang, lang_shards in shards.items():
+        declared: set[str] = set()
+        sampled = False
+        for shard in lang_shards:
+            src = shard.source
+            if src.path not in declared:
+                declared.add(src.path)
+                for role, want in src.special_ids:
+                    have = getattr(tokenizer, f"{role}_id", None)
+                    if have != want:
+                        raise ValueError(f"{lang}: source {src.path} was tokenized with {role} id {want}, the run's "
+                                         f"tokenizer has {have}: train with the tokenizer the data was made with")
+            if sampled or not (src.token_field or (shard.mds is not None and shard.mds.kind == "tokens")):
+                continue
+            with contextlib.closing(read_shard(shard, None, DataErrors(enabled=False), options)) as docs:
+                first = next((d for d, _ in docs if not isinstance(d, str)), None)
+            if first is None:
+                continue  # unreadable or empty: the next shard is tried
+            sampled = True
+            if int(first.max()) >= tokenizer.vocab_size:
+                raise ValueError(f"{lang}: source {src.path} ({shard.describe()}) holds token id {int(first.max())}, "
+                                 f"not below the run's vocabulary size {tokenizer.vocab_size}: the data was tokenized "
+                                 f"with another tokenizer")
+
+
 def build_loader(manifest: str | os.PathLike | Manifest, tokenizer, phase: PhaseData, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict | None = None, *,
                  options: ReadOptions = ReadOptions(), sizes: dict[str, int] | None = None,
@@ -429,5 +489,6 @@ def build_loader(manifest: str | os.PathLike | Manifest, tokenizer, phase: Phase
     no_shards = [lang for lang, s in shards.items() if not s]
     if no_shards:
         raise ValueError(f"languages {no_shards} have sizes but no readable shard in {m.path}; delete the stale {m.path} size cache")
+    check_pretokenized(shards, tokenizer, options)
     plan = _Plan(phase, probs, shards, tokenizer, options, rank, world_size, num_workers)
     return DataPipeline(plan, problems, state, pin_memory, prefetch_factor)

@@ -9,6 +9,10 @@ Format (YAML; paths are relative to the manifest's folder; a source is a path/gl
         - train/fao/*.txt
       tir_Ethi:
         - {path: tir.parquet, text_column: text}
+      deu_Latn:                              # pre-tokenized: MDS folders (index.json + shard.NNNNN.mds)
+        - {path: mds/deu_Latn/*, special_ids: {bos: 2, eos: 1, mask: 4}}
+      ita_Latn:
+        - {path: ita.parquet, token_field: input_ids}   # a column of token ids: no tokenizer pass
 
 Choices:
 - Language codes are ``<ISO 639-3>_<ISO 15924 script>`` with an optional variant suffix
@@ -21,7 +25,14 @@ Choices:
   on what is there.
 - Folders expand recursively to the supported files they hold, sorted, except a folder written by
   ``datasets.Dataset.save_to_disk`` (it has ``state.json`` + ``dataset_info.json``), which is one
-  Arrow source.
+  Arrow source, and an MDS dataset folder (it has ``index.json``), which is one MDS source (its index
+  may list shards of sub-folders; sub-folders that each have their own index are separate sources).
+- Pre-tokenized sources: ``token_field`` names the token-id column/key of a JSONL/Parquet/Arrow source
+  (a list of ints per record); such a source skips the tokenizer. An MDS source reads its
+  ``input_ids`` column when it has one (else ``token_field``, else the ``text_field`` str column).
+  ``special_ids`` (``{bos, eos, pad, mask, unk}`` -> id) declares the ids the data was tokenized with;
+  the loader checks them against the run's tokenizer and stops with an error naming the source if they
+  differ (a Gemma-tokenized corpus trained with another vocabulary is silently garbage otherwise).
 """
 
 from __future__ import annotations
@@ -42,9 +53,10 @@ log = logging.getLogger(__name__)
 LANG_CODE = re.compile(r"^(?P<lang>[a-z]{3})_(?P<script>[A-Z][a-z]{3})(?:_(?P<variant>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*))?$")
 
 # File kinds a source can be; "arrow" is a save_to_disk folder (or a single .arrow file).
-FORMATS = ("txt", "jsonl", "jsonl.gz", "parquet", "arrow")
+FORMATS = ("txt", "jsonl", "jsonl.gz", "parquet", "arrow", "mds")
 SPLITS = ("line", "paragraph")
-SOURCE_KEYS = {"path", "text_field", "text_column", "split", "format"}
+SOURCE_KEYS = {"path", "text_field", "text_column", "split", "format", "token_field", "special_ids"}
+SPECIAL_ROLES = ("bos", "eos", "pad", "mask", "unk")
 
 
 class ManifestError(ValueError):
@@ -59,6 +71,8 @@ class SourceFile:
     format: str  # one of FORMATS
     text_field: str = "text"  # JSON key / parquet or arrow column holding the document text
     split: str = "line"  # txt only: one document per line, or blank-line separated paragraphs
+    token_field: str | None = None  # column/key of token ids: the source is pre-tokenized (MDS: auto)
+    special_ids: tuple[tuple[str, int], ...] = ()  # (role, id) the data was tokenized with, checked at load
 
 
 @dataclass
@@ -94,6 +108,8 @@ def validate_language_code(code: str, where: str = "") -> str:
 def detect_format(path: str) -> str | None:
     """The format of a file or folder by its name/contents, or None if it is not a corpus file."""
     if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "index.json")):
+            return "mds"
         if os.path.exists(os.path.join(path, "state.json")) and os.path.exists(os.path.join(path, "dataset_info.json")):
             return "arrow"
         return None
@@ -117,9 +133,9 @@ def _expand(path: str) -> list[str]:
                 dirnames.sort()
                 for d in list(dirnames):
                     sub = os.path.join(dirpath, d)
-                    if detect_format(sub) == "arrow":
+                    if detect_format(sub) in ("arrow", "mds"):
                         found.append(sub)
-                        dirnames.remove(d)  # a save_to_disk folder is one source; don't list its .arrow files
+                        dirnames.remove(d)  # a save_to_disk / MDS folder is one source; don't list its files
                 found.extend(os.path.join(dirpath, f) for f in filenames if detect_format(os.path.join(dirpath, f)))
             out.extend(sorted(found))
         else:
@@ -143,6 +159,10 @@ def _parse_source(entry, lang: str, where: str) -> dict:
         raise ManifestError(f"split {entry['split']!r} of {lang} in {where}: expected one of {SPLITS}")
     if entry.get("format") is not None and entry["format"] not in FORMATS:
         raise ManifestError(f"format {entry['format']!r} of {lang} in {where}: expected one of {FORMATS}")
+    specials = entry.get("special_ids", {})
+    if not isinstance(specials, dict) or set(specials) - set(SPECIAL_ROLES) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in specials.values()):
+        raise ManifestError(f"special_ids of {lang} in {where} must map roles {SPECIAL_ROLES} to ids >= 0, got {specials!r}")
     return entry
 
 
@@ -185,11 +205,12 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
             for m in matches:
                 fmt = spec.get("format") or detect_format(m)
                 if fmt is None:
-                    msg = f"{lang}: {m} (from manifest {path}) is not a .txt/.jsonl/.jsonl.gz/.parquet/.arrow file or save_to_disk folder; skipped"
+                    msg = f"{lang}: {m} (from manifest {path}) is not a .txt/.jsonl/.jsonl.gz/.parquet/.arrow file, save_to_disk or MDS folder; skipped"
                     log.warning(msg)
                     problems.append(("unsupported_file", m, msg))
                     continue
-                files.append(SourceFile(os.path.abspath(m), fmt, text_field, spec.get("split", "line")))
+                files.append(SourceFile(os.path.abspath(m), fmt, text_field, spec.get("split", "line"), spec.get("token_field"),
+                                        tuple(sorted(spec.get("special_ids", {}).items()))))
         if not files:
             log.warning("%s: no usable source in manifest %s; language dropped", lang, path)
             continue

@@ -7,6 +7,10 @@ Choices:
   does; a <bos> mid-document would be a token the model never sees at inference).
 - Attention never crosses a document piece: ``cu_seqlens`` marks piece boundaries over the flat batch
   (the varlen / FlashAttention convention) and ``position_ids`` restart at 0 in each piece.
+- Pre-tokenized data (e.g. mmBERT's 8,192-token MDS chunks, several documents laid end to end) is cut
+  back into documents by :func:`split_documents` before packing: a piece starts at each ``<bos>`` and
+  ends after each ``<eos>``, so documents inside a chunk get their own ``cu_seqlens`` segments exactly as
+  tokenized text does; the chunk's tokens are then packed into ``seq_len`` rows like any documents.
 - ``languages`` is per row (a row is one language: the sampler draws rows, see sampling.py).
 """
 
@@ -14,6 +18,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def split_documents(ids: np.ndarray, bos_id: int | None, eos_id: int | None) -> list[np.ndarray]:
+    """Cut a 1-D token array at document boundaries: before every ``bos_id`` and after every ``eos_id``
+    (None: no such boundary). No token is dropped; the pieces concatenate back to ``ids``."""
+    cuts = np.zeros(len(ids) + 1, dtype=bool)
+    if bos_id is not None:
+        cuts[:-1] |= ids == bos_id
+    if eos_id is not None:
+        cuts[1:] |= ids == eos_id
+    cuts[0] = cuts[-1] = False
+    at = np.flatnonzero(cuts)
+    return [p for p in np.split(ids, at) if len(p)]
 
 
 def assemble_batch(rows: list[list[np.ndarray]], languages: list[str]) -> dict:

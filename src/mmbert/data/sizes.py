@@ -4,6 +4,10 @@ once by a full read and cached beside the manifest in ``<manifest stem>.sizes.js
 Choices:
 - "Bytes" are UTF-8 bytes of the documents as the readers yield them (after skipping bad records),
   not file sizes: JSON syntax, Parquet compression and markup would otherwise skew p ∝ n^τ.
+- Pre-tokenized sources have no text: their "bytes" are 4 per token (uint32 ids) and their tokens are
+  counted whatever the tokenizer; an MDS token source is sized from its ``index.json`` alone (sample
+  counts and shard bytes, see ``mds.MDSShard.estimated_tokens``), so a terabyte corpus starts at once.
+  Use ``size_unit: tokens`` to mix text and pre-tokenized languages on one scale.
 - Each language's entry carries the (path, size, mtime_ns, format, field, split) of every file behind
   it; an entry whose files changed is re-measured, the others are reused. Token counts are stored per
   tokenizer fingerprint (a hash of its serialized JSON) so switching tokenizers re-counts tokens only.
@@ -24,6 +28,7 @@ from mmbert.data.sources import DataErrors, ReadOptions, file_fingerprint, plan_
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+TOKEN_BYTES = 4  # "bytes" of a pre-tokenized source: its ids as uint32, as mmBERT's MDS shards store them
 _ENCODE_CHUNK = 256  # documents per encode_batch call while counting tokens
 
 
@@ -49,14 +54,28 @@ def _measure_language(files, tokenizer, opts: ReadOptions, errors: DataErrors) -
         chunk = []
 
     for shard in plan_shards(files, opts, errors):
+        if shard.mds is not None and shard.mds.kind == "tokens":
+            # from the index alone: pre-tokenized MDS data is never scanned to be sized
+            share = (shard.end - shard.start) / shard.mds.samples
+            tokens = round(shard.mds.estimated_tokens() * share)
+            n_tokens += tokens
+            n_bytes += TOKEN_BYTES * tokens
+            n_docs += shard.end - shard.start
+            continue
         for text, _ in read_shard(shard, None, errors, opts):
+            if not isinstance(text, str):  # a pre-tokenized record: its ids are its size
+                n_tokens += len(text)
+                n_bytes += TOKEN_BYTES * len(text)
+                n_docs += 1
+                continue
             n_bytes += len(text.encode("utf-8"))
             n_docs += 1
             chunk.append(text)
             if len(chunk) >= _ENCODE_CHUNK:
                 count_tokens()
     count_tokens()
-    return {"bytes": n_bytes, "docs": n_docs, "tokens": n_tokens if tokenizer is not None else None}
+    pretokenized_only = all(f.token_field or f.format == "mds" for f in files) and n_tokens > 0
+    return {"bytes": n_bytes, "docs": n_docs, "tokens": n_tokens if (tokenizer is not None or pretokenized_only) else None}
 
 
 def measure_sizes(manifest: Manifest, tokenizer=None, opts: ReadOptions = ReadOptions(),

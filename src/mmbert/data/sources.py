@@ -23,6 +23,10 @@ Choices:
 - A file that breaks mid-way (truncated or corrupt gzip — ``zlib.error`` included —, a corrupt Parquet
   row group or Arrow file) ends its shard with an ``unreadable_file`` warning that names the file and
   what is skipped: the rest of the file, or for Parquet the rest of that row group only.
+- Pre-tokenized records (``SourceFile.token_field``, and MDS token columns) are yielded as 1-D int64
+  arrays instead of text; the loader skips the tokenizer for them. A record whose ids are not a flat
+  list of non-negative ints is skipped as ``bad_field``. An MDS shard (mds.py) is cut into ranges of
+  samples of about ``block_bytes``; its cursor is the next sample index.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
+from mmbert.data import mds
 from mmbert.data.manifest import SourceFile
 
 log = logging.getLogger(__name__)
@@ -66,12 +73,15 @@ class Shard:
     start: int = 0  # first byte (txt line mode, jsonl) or row-group index (parquet); 0 otherwise
     end: int = -1  # byte end, exclusive (txt line mode, jsonl); -1: to the end of the file
     path: str = ""  # the file read: the source's path, or one data file of a save_to_disk folder
+    mds: mds.MDSShard | None = None  # the MDS shard (start/end: a sample range of it)
 
     @property
     def file(self) -> str:
         return self.path or self.source.path
 
     def describe(self) -> str:
+        if self.mds is not None:
+            return f"{self.mds.file} [samples {self.start}:{self.end}]"
         if self.source.format == "parquet":
             return f"{self.file} [row group {self.start}]"
         if self.end >= 0:
@@ -273,10 +283,29 @@ def _check_text(value, errors: DataErrors, file: str, where: str, field: str) ->
     return value
 
 
+def _check_ids(value, errors: DataErrors, file: str, where: str, field: str):
+    """A record's token ids as a 1-D int64 array, or None (skipped and counted) if they are not ids."""
+    if value is None:
+        errors.record("missing_field", file, where, f"no token field {field!r} (or null); record skipped")
+        return None
+    try:
+        ids = np.asarray(value)
+    except (ValueError, TypeError):
+        ids = np.asarray([], dtype=object)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu" or (ids.size and ids.min() < 0):
+        errors.record("bad_field", file, where, f"field {field!r} is not a flat list of token ids >= 0; record skipped")
+        return None
+    if ids.size == 0:
+        errors.record("empty_text", file, where, f"field {field!r} is empty; record skipped")
+        return None
+    return ids.astype(np.int64, copy=False)
+
+
 def _read_jsonl(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: ReadOptions):
     # cursor: [pos, line, skip]; pos is the decompressed offset for .jsonl.gz
     gz = shard.source.format == "jsonl.gz"
     field = shard.source.text_field
+    tokens = shard.source.token_field
     end = shard.end if shard.end >= 0 else math.inf
     opener = (lambda p: gzip.open(p, "rb")) if gz else (lambda p: open(p, "rb"))
     with opener(shard.file) as f:
@@ -311,6 +340,10 @@ def _read_jsonl(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: R
                 else:
                     if not isinstance(obj, dict):
                         errors.record("malformed_json", shard.file, where, f"a JSON {type(obj).__name__}, not an object; record skipped")
+                    elif tokens:
+                        ids = _check_ids(obj.get(tokens), errors, shard.file, where, tokens)
+                        if ids is not None:
+                            yield ids, [nxt, nline, 0]
                     else:
                         text = _check_text(obj.get(field), errors, shard.file, where, field)
             if text:
@@ -330,7 +363,7 @@ def _texts_of_batch(batch, field: str):
 def _read_rows(batches, shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: ReadOptions, where_row):
     # cursor: [row, skip] within the shard
     row, skip = cursor if cursor is not None else (0, 0)
-    field = shard.source.text_field
+    field = shard.source.token_field or shard.source.text_field
     first = 0
     for batch in batches:
         n = batch.num_rows
@@ -343,6 +376,11 @@ def _read_rows(batches, shard: Shard, cursor: Cursor | None, errors: DataErrors,
             return
         for i in range(max(0, row - first), n):
             r = first + i
+            if shard.source.token_field:
+                ids = _check_ids(texts[i], errors, shard.file, where_row(r), field)
+                if ids is not None:
+                    yield ids, [r + 1, 0]
+                continue
             text = _check_text(texts[i], errors, shard.file, where_row(r), field)
             if text:
                 pieces = split_text(text, opts.max_doc_chars)
@@ -357,7 +395,7 @@ def _read_parquet(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(shard.file)
-    field = shard.source.text_field
+    field = shard.source.token_field or shard.source.text_field
     if field not in pf.schema_arrow.names:
         errors.record("missing_field", shard.file, shard.describe(), f"no column {field!r} (has {pf.schema_arrow.names}); skipped")
         return
@@ -383,9 +421,28 @@ def _read_arrow(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: R
     yield from _read_rows(_arrow_batches(shard.file), shard, cursor, errors, opts, lambda r: f"{shard.file} [row {r}]")
 
 
+def _read_mds(shard: Shard, cursor: Cursor | None, errors: DataErrors, opts: ReadOptions):
+    # cursor: [next sample, pieces of it already emitted (a text sample split for length)]
+    info = shard.mds
+    start, skip = cursor if cursor is not None else (shard.start, 0)
+    field = info.column
+    for i, value in mds.iter_samples(info, start, shard.end):
+        where = f"{info.file} sample {i}"
+        if info.kind == "tokens":
+            ids = _check_ids(value, errors, info.file, where, field)
+            if ids is not None:
+                yield ids, [i + 1, 0]
+            continue
+        text = _check_text(value, errors, info.file, where, field)
+        if text:
+            pieces = split_text(text, opts.max_doc_chars)
+            for k in range(skip if i == start else 0, len(pieces)):
+                yield pieces[k], ([i + 1, 0] if k == len(pieces) - 1 else [i, k + 1])
+
+
 def read_shard(shard: Shard, cursor: Cursor | None = None, errors: DataErrors | None = None,
                opts: ReadOptions = ReadOptions()) -> Iterator[tuple[str, Cursor]]:
-    """Yield ``(text, cursor_after)`` for each document of ``shard``, from ``cursor`` (None: its start).
+    """Yield ``(text or token ids, cursor_after)`` for each document of ``shard``, from ``cursor`` (None: its start).
 
     A file that cannot be opened or decoded as its format is logged and counted as ``unreadable_file``
     and yields nothing more; the caller moves on to the next shard.
@@ -400,6 +457,8 @@ def read_shard(shard: Shard, cursor: Cursor | None = None, errors: DataErrors | 
         gen = _read_parquet(shard, cursor, errors, opts)
     elif fmt == "arrow":
         gen = _read_arrow(shard, cursor, errors, opts)
+    elif fmt == "mds":
+        gen = _read_mds(shard, cursor, errors, opts)
     else:
         raise ValueError(f"unknown format {fmt!r} of {src.path}")
     try:
@@ -417,6 +476,21 @@ def _arrow_files(folder: str) -> list[str]:
     return [os.path.join(folder, d["filename"]) for d in state.get("_data_files", [])]
 
 
+def _plan_mds(src: SourceFile, opts: ReadOptions, errors: DataErrors) -> list[Shard]:
+    out = []
+    for info in mds.read_index(src.path, src.token_field, src.text_field):
+        if info.samples == 0:
+            errors.record("empty_file", info.raw, info.raw, "no samples; skipped")
+            continue
+        if not os.path.exists(info.raw) and not (info.zip and os.path.exists(info.zip)):
+            errors.record("unreadable_file", info.raw, info.raw, f"listed in {info.index} but missing; skipped")
+            continue
+        n = max(1, min(info.samples, math.ceil(info.raw_bytes / opts.block_bytes)))
+        bounds = [info.samples * k // n for k in range(n + 1)]
+        out += [Shard(src, a, b, info.file, info) for a, b in zip(bounds[:-1], bounds[1:])]
+    return out
+
+
 def plan_shards(files: list[SourceFile], opts: ReadOptions = ReadOptions(), errors: DataErrors | None = None) -> list[Shard]:
     """Cut a language's files into shards (see the module docstring). Empty and unreadable files are
     logged and counted (``empty_file``, ``unreadable_file``) and left out."""
@@ -424,6 +498,9 @@ def plan_shards(files: list[SourceFile], opts: ReadOptions = ReadOptions(), erro
     shards: list[Shard] = []
     for src in files:
         try:
+            if src.format == "mds":
+                shards += _plan_mds(src, opts, errors)
+                continue
             if src.format == "parquet":
                 import pyarrow.parquet as pq
 
@@ -442,6 +519,8 @@ def plan_shards(files: list[SourceFile], opts: ReadOptions = ReadOptions(), erro
                     shards += [Shard(src, i * opts.block_bytes, min(size, (i + 1) * opts.block_bytes), p) for i in range(n)]
                 else:
                     shards.append(Shard(src, path=p))
+        except mds.MDSRefused:
+            raise  # a pickle column is not bad data to skip: the source must not be read at all
         except (OSError, ValueError, KeyError) as e:
             errors.record("unreadable_file", src.path, src.path, f"{type(e).__name__}: {e}; skipped")
     return shards
@@ -452,7 +531,9 @@ def file_fingerprint(files: list[SourceFile]) -> list:
     out = []
     for src in files:
         paths = [src.path]
-        if src.format == "arrow" and os.path.isdir(src.path):
+        if src.format == "mds":
+            paths = [os.path.join(src.path, mds.INDEX)]
+        elif src.format == "arrow" and os.path.isdir(src.path):
             try:
                 paths = _arrow_files(src.path)
             except (OSError, ValueError, KeyError):

@@ -49,9 +49,10 @@ class DataSection:
 
 @dataclass
 class OptimizerSection:
+    name: str = "adamw"  # adamw | stableadamw | decoupled_stableadamw (ModernBERT/mmBERT: weight decay scaled by lr / optimizer.lr)
     lr: float = 8e-4  # peak learning rate, used by every phase that does not set lr.peak
-    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
-    eps: float = 1e-6  # AdamW epsilon
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
+    eps: float = 1e-6  # Adam epsilon
     weight_decay: float = 1e-5  # decoupled weight decay; never applied to norms, biases or embeddings
     grad_clip: float = 1.0  # clip the global grad norm to this (0 = off)
 
@@ -131,6 +132,7 @@ class TrainConfig:
 
 LANGUAGE_PHASES = ("pretrain", "ext", "decay-eng", "decay-mid", "decay-all")
 DECAYS = ("none", "linear", "cosine", "inv_sqrt")
+OPTIMIZERS = ("adamw", "stableadamw", "decoupled_stableadamw")
 
 
 # ---- loading ------------------------------------------------------------------------------------------
@@ -372,6 +374,7 @@ def validate(cfg: TrainConfig, where: str) -> None:
                 variant_phase(p, v, where, f"phases.{i}.variants.{j}")
                 vnames.append(v["name"])
             _check(len(set(vnames)) == len(vnames), f"phases.{i}.variants", where, f"names must be unique: {vnames}")
+    _check(cfg.optimizer.name in OPTIMIZERS, "optimizer.name", where, f"expected one of {OPTIMIZERS}")
     d = cfg.data
     sources = [d.builtin is not None, d.manifest is not None, d.synthetic]
     _check(sum(sources) == 1, "data", where, "set exactly one of builtin / manifest / synthetic")

@@ -1,8 +1,15 @@
-"""Optimizer and numerics: AdamW parameter groups, gradient clipping, mixed precision.
+"""Optimizer and numerics: AdamW / StableAdamW parameter groups, gradient clipping, mixed precision.
 
 Choices:
 - AdamW with decoupled weight decay (Loshchilov & Hutter) on matrices only: norms, biases and embeddings
   get none, as in ModernBERT/mmBERT. The tied decoder weight *is* the embedding, so it gets none either.
+- StableAdamW (Wortsman et al., 2023, arXiv:2304.13013) is what ModernBERT and mmBERT train with
+  (``decoupled_stableadamw`` in their configs, built as ``optimi.StableAdamW(decouple_lr=True)``). It is
+  not in torch; :class:`StableAdamW` follows torch-optimi 0.3.3's for-loop implementation step for step
+  (debiased betas instead of bias correction; the per-tensor update RMS ``sqrt(mean(g^2 / max(v, eps^2)))``
+  divides the LR when above 1; weight decay ``1 - lr_t * wd``, or with ``decouple_lr`` ``1 - lr_t / max_lr
+  * wd``, so mmBERT's 8e-5 is a per-step decay fraction at peak LR). Tested against a trajectory that
+  torch-optimi computed (tests/fixtures/stableadamw). No Kahan summation: weights stay fp32 here.
 - Parameters are grouped by name, and the groups are fixed for the whole run, so the optimizer state
   carries over phase boundaries (context extension changes no parameter).
 - Precision ``auto`` is bf16 autocast on CUDA with bf16 support and on CPUs with native bf16 math
@@ -38,10 +45,59 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": other, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.AdamW:
+class StableAdamW(torch.optim.Optimizer):
+    """AdamW with per-tensor update clipping (StableAdamW), as torch-optimi computes it (see the module
+    docstring). ``max_lr`` (default: ``lr``) scales the weight decay when ``decouple_lr``."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-6,
+                 weight_decay: float = 1e-2, decouple_lr: bool = False, max_lr: float | None = None):
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0 and eps >= 0.0):
+            raise ValueError(f"StableAdamW needs betas in [0, 1) and eps >= 0, got {betas}, {eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      decouple_lr=decouple_lr, max_lr=lr if max_lr is None else max_lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, state = p.grad, self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = int(state["step"].item())
+                # debiased betas: beta * (1 - beta^(t-1)) / (1 - beta^t); the EMAs need no bias correction
+                beta1_hat = (beta1**t - beta1) / (beta1**t - 1)
+                beta2_hat = (beta2**t - beta2) / (beta2**t - 1)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(grad, weight=1 - beta1_hat)
+                exp_avg_sq.mul_(beta2_hat).addcmul_(grad, grad, value=1 - beta2_hat)
+                eps_sq = torch.tensor(group["eps"] ** 2, dtype=p.dtype, device=p.device)
+                rms = grad.pow(2).div_(exp_avg_sq.maximum(eps_sq)).mean().sqrt()
+                rms = rms.full_tensor() if hasattr(rms, "full_tensor") else rms  # FSDP2: the whole tensor's RMS
+                lr = group["lr"] / max(1.0, rms.item())
+                if group["weight_decay"] != 0:
+                    scale = lr / group["max_lr"] if group["decouple_lr"] else lr
+                    p.mul_(1 - scale * group["weight_decay"])
+                p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-lr)
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name in ("stableadamw", "decoupled_stableadamw"):
+        return StableAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           decouple_lr=cfg.name == "decoupled_stableadamw", max_lr=cfg.lr)
     # foreach=False: the same kernels on every run, so a resumed run repeats the exact numbers
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             foreach=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=False)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
