@@ -301,3 +301,28 @@ def test_tiny_preset_takes_the_tokenizers_vocabulary():
     assert (config.mask_token_id, config.pad_token_id) == (tok.mask_id, tok.pad_id)
     ids = torch.tensor([tok.encode_batch(["Hello, world! Ünïcödé 漢字"], add_special_tokens=True)[0]])
     assert MmBertForMaskedLM(config)(ids).logits.shape[-1] == tok.vocab_size
+
+
+def test_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    """DataLoader workers are forked children; one that outlives a kill -9 of its trainer must not keep the
+    directory locked against the --resume (CI saw this with flock, which children inherit)."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from mmbert.train.rundir import hold_run_dir\n"
+        f"with hold_run_dir({str(run_dir)!r}):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(60); os._exit(0)\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env=env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirLocked):
+            with hold_run_dir(run_dir):
+                pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with hold_run_dir(run_dir):  # the orphaned child still runs, but holds nothing
+            pass
+    finally:
+        holder.kill()
+        subprocess.run(["pkill", "-f", f"hold_run_dir\\({str(run_dir)!r}"], check=False)

@@ -1,13 +1,16 @@
 """One writer per run directory: an exclusive lock held for the run's life, and cleanup of killed writes.
 
 Choices:
-- ``fcntl.flock`` on ``RUN/.lock``, taken without waiting: a second ``mmbert train`` / ``mmbert run`` on
+- A POSIX record lock (``fcntl.lockf``) on ``RUN/.lock``, taken without waiting: a second ``mmbert train`` / ``mmbert run`` on
   the same directory stops at once with an error naming the holder (pid, host, start time, command),
   instead of overwriting the first run's checkpoints. The kernel drops the lock when its process dies,
-  so a lock left by ``kill -9`` is simply taken over — no stale-lock heuristics. The file itself stays
-  (it only carries the holder's description; an unlocked file means nothing).
+  so a lock left by ``kill -9`` is simply taken over — no stale-lock heuristics. A record lock rather than
+  ``flock``: forked children (DataLoader workers) do not inherit it, so workers that outlive a killed trainer
+  for a few seconds do not keep the directory locked against its ``--resume``. (Record locks drop when the
+  process closes *any* descriptor of the file: this module opens it once per process, see ``_held``.)
+  The file itself stays (it only carries the holder's description; an unlocked file means nothing).
 - Under DDP/FSDP rank 0 takes the lock and the outcome is shared with every rank, so all of them stop
-  together. flock is per host (and honoured by NFSv4 and most cluster filesystems); rank 0 is one host.
+  together. The lock is per host (and honoured by NFSv4 and most cluster filesystems); rank 0 is one host.
 - Re-entrant within a process: ``mmbert run`` holds its directory and the trainer holds ``RUN/train``;
   a caller already holding a directory may call code that takes it again.
 - Temporary directories of killed writes (``.step-N.tmp-*``, ``.final.tmp-*``, and the ``.NAME.old-PID``
@@ -78,14 +81,14 @@ def hold_run_dir(run_dir: Path, enabled: bool = True):
     finally:
         _held[key][1] -= 1
         if _held[key][1] == 0:
-            os.close(_held.pop(key)[0])  # closing the descriptor releases the flock
+            os.close(_held.pop(key)[0])  # closing the descriptor releases the lock
 
 
 def _acquire(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another process
         holder = _describe(os.pread(fd, 4096, 0))
         os.close(fd)
         raise RunDirLocked(f"run directory {path.parent} is in use by {holder}; wait for it to finish, stop it, "
