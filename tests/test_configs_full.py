@@ -35,8 +35,18 @@ def test_released_numbers(size):
         assert ext.lr.peak == 4e-4 and (dec.lr.peak, dec.lr.decay, dec.lr.floor) == (4e-4, "linear", 0.04)
 
 
-def test_published_manifest_template_parses(tmp_path):
+@pytest.mark.parametrize("template", ["mmbert-published", "mmbert-published-midtraining", "mmbert-published-decay"])
+def test_published_manifest_templates_parse(tmp_path, template):
     m = tmp_path / "manifest.yaml"
-    m.write_text(open("configs/mmbert-published.manifest.yaml").read())
+    m.write_text(open(f"configs/{template}.manifest.yaml").read())
     man = load_manifest(m)  # nothing downloaded: every path is a recorded problem, not an error
     assert {r for r, _, _ in man.problems} == {"missing_path"} and not man.languages
+
+
+@pytest.mark.parametrize("size", ["base", "small"])
+def test_each_phase_reads_its_published_dataset(size):
+    """Pretraining, mid-training and decay data are separate published datasets."""
+    cfg = load_config(f"configs/mmbert-{size}-full.yaml")
+    assert cfg.data.manifest.endswith("pretrain.manifest.yaml")
+    assert [p.manifest for p in cfg.phases] == [None, "corpora/mmbert-published/midtraining.manifest.yaml",
+                                                "corpora/mmbert-published/decay.manifest.yaml"]

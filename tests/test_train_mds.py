@@ -93,3 +93,19 @@ def test_sigkill_then_resume_with_workers_repeats_the_uninterrupted_losses(tmp_p
     for step, values in got.items():
         for v in values:
             assert v == want[step][0], f"step {step}: loss {v!r} != uninterrupted {want[step][0]!r}"
+
+
+def test_a_phase_reads_its_own_manifest(tmp_path):
+    """mmBERT's pretraining, mid-training and decay data are separate datasets: ``phases[].manifest``
+    replaces ``data.manifest`` for that phase, and the phase samples only that manifest's languages."""
+    tok = tmp_path / "tokenizer.json"
+    fixture_tokenizer().backend.save(str(tok))
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("languages:\n" + "".join(f"  {lang}: [{FIXTURES / lang}]\n" for lang in ("eng_Latn", "fra_Latn")))
+    second.write_text(f"languages:\n  deu_Latn: [{FIXTURES / 'deu_Latn'}]\n")
+    text = CONFIG.replace("global_rope_theta: 160000}}", f"global_rope_theta: 160000, manifest: {second}}}}}")
+    config = write_config(tmp_path, text.format(tokenizer=tok, manifest=first))
+    r = run_train(config, tmp_path / "run", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    starts = {rec["phase"]: rec["languages"] for rec in records(tmp_path / "run") if rec.get("event") == "stage_start"}
+    assert starts == {"a": ["eng_Latn", "fra_Latn"], "b": ["deu_Latn"]}

@@ -15,6 +15,8 @@ Choices:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 from dataclasses import dataclass
@@ -45,10 +47,13 @@ class Corpus:
     sizes: dict[str, int]  # language -> bytes (synthetic: nominal sizes)
 
 
-def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World, hooks: TrainerHooks = TrainerHooks()) -> Corpus:
+def prepare_corpus(cfg: TrainConfig, run_dir: Path, world: World, hooks: TrainerHooks = TrainerHooks(),
+                   manifest: str | None = None) -> Corpus:
     """Export the builtin corpus (``hooks.export_builtin``; rank 0, once), and measure language sizes (cached
-    beside the manifest)."""
+    beside the manifest). ``manifest`` (a phase's own) replaces ``data.manifest`` / ``data.builtin``."""
     d = cfg.data
+    if manifest is not None:
+        d = dataclasses.replace(d, builtin=None, manifest=manifest, synthetic=False)
     if d.synthetic:
         sizes = {f"syn_{i:03d}": 1000 * 2**i for i in range(d.synthetic_languages)}
         return Corpus(None, None, sizes)

@@ -85,6 +85,7 @@ class PhaseConfig:
     batch_warmup_start: float = 0.25  # starting batch as a fraction of the full batch
     lr: LRShape = field(default_factory=LRShape)  # this phase's learning-rate shape
     variants: list[dict[str, Any]] = field(default_factory=list)  # last phase only: decay variants (name + phase fields)
+    manifest: str | None = None  # this phase's corpus manifest (None = data.manifest): mmBERT's phases are separate datasets
 
     @property
     def global_batch_tokens(self) -> int:
@@ -338,6 +339,7 @@ def validate_phase(p: PhaseConfig, key: str, where: str) -> None:
         _check(phase in LANGUAGE_PHASES, f"{key}.sizes_phase", where,
                f"sizes: mmbert needs sizes_phase (or languages: {{mmbert: ...}}) in {LANGUAGE_PHASES}")
     lr = p.lr
+    _check(p.manifest is None or isinstance(p.manifest, str), f"{key}.manifest", where, "must be a path")
     _check(lr.decay in DECAYS, f"{key}.lr.decay", where, f"must be one of {DECAYS}")
     _check(0.0 <= lr.warmup <= 1.0 and 0.0 <= lr.decay_fraction <= 1.0 and lr.warmup + lr.decay_fraction <= 1.0,
            f"{key}.lr", where, "warmup and decay_fraction must be fractions summing to <= 1")

@@ -169,7 +169,8 @@ class Trainer:
         if world.is_main:
             self._write_config()
         barrier()
-        corpus = prepare_corpus(cfg, self.run_dir, world, self.hooks)
+        corpora = {m: prepare_corpus(cfg, self.run_dir, world, self.hooks, manifest=m)
+                   for m in dict.fromkeys(s.phase.manifest for s in stages)}  # one per distinct manifest, in order
         self.metrics = MetricsLog(self.run_dir, enabled=world.is_main)
         result = TrainResult(self.run_dir)
         try:
@@ -198,7 +199,7 @@ class Trainer:
                         ckpt.load_model_weights(start, model)
                         ckpt.load_optimizer(start, model, optimizer)
                         data_state, stage_step = self._restore(start, stage)
-                    if self._run_stage(stage, model, optimizer, tokenizer, corpus, data_state, stage_step, stop, result):
+                    if self._run_stage(stage, model, optimizer, tokenizer, corpora[stage.phase.manifest], data_state, stage_step, stop, result):
                         return result
                     live = stage.dir
                     self._record(result, stage)
