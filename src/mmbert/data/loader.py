@@ -74,6 +74,7 @@ class PhaseData:
     seed: int = 0  # root of every random choice of the phase
     size_unit: str = "bytes"  # n_i for sampling: "bytes" of text or "tokens" (needs a tokenization pass)
     shuffle_window: int = 64  # documents read, tokenized and shuffled together per language and worker
+    groups: dict | None = None  # {name: {share, languages}}: fixed share per group, p ∝ n^tau inside (sampling.py)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.languages, list) or self.languages == "all"):
@@ -484,7 +485,7 @@ def build_loader(manifest: str | os.PathLike | Manifest, tokenizer, phase: Phase
     active = [lang for lang in wanted if sizes.get(lang)]
     if not active:
         raise ValueError(f"no language of the phase has readable text in manifest {m.path}")
-    probs = language_probabilities({lang: sizes[lang] for lang in active}, phase.tau)
+    probs = language_probabilities({lang: sizes[lang] for lang in active}, phase.tau, phase.groups)
     shards = {lang: shards[lang] for lang in active}
     no_shards = [lang for lang, s in shards.items() if not s]
     if no_shards:

@@ -4,6 +4,9 @@ Choices:
 - Temperature sampling as in XLM-R / mmBERT (arXiv:2509.06888, "annealed language learning"): over the
   languages active in a phase, p_i = n_i^τ / Σ_j n_j^τ; τ = 1 follows the data, τ = 0 is exactly
   uniform. mmBERT anneals τ 0.7 → 0.5 → 0.3 while adding languages (60 → 110 → 1833).
+- Groups (``mmbert adapt``: new languages vs a replay share of the old ones): each group g gets a fixed
+  share s_g of the rows, and p ∝ n^τ holds within it: p_i = s_g · n_i^τ / Σ_{j∈g} n_j^τ. Without groups
+  this is the plain formula (one group, share 1).
 - The pipeline draws one language per packed *row*, so the token share of a language is p_i exactly
   (drawing documents would skew it toward languages with long documents).
 - All randomness is derived from counters (seed, language, epoch, worker, batch index) through
@@ -23,8 +26,16 @@ import zlib
 import numpy as np
 
 
-def language_probabilities(sizes: dict[str, int], tau: float) -> dict[str, float]:
-    """p_i ∝ n_i^τ over ``sizes`` (language -> bytes or tokens); τ = 0 gives exactly uniform."""
+def language_probabilities(sizes: dict[str, int], tau: float,
+                           groups: dict[str, dict] | None = None) -> dict[str, float]:
+    """p_i ∝ n_i^τ over ``sizes`` (language -> bytes or tokens); τ = 0 gives exactly uniform.
+
+    ``groups`` ({name: {"share": s, "languages": [ids]}}) fix each group's total probability to its share
+    (shares are normalised to sum to 1) with p ∝ n^τ inside the group. Every language of ``sizes`` must be
+    in exactly one group; group members absent from ``sizes`` (no text) are ignored, but a group left with
+    no member is an error: its share could not be drawn."""
+    if groups:
+        return _grouped_probabilities(sizes, tau, groups)
     if not sizes:
         raise ValueError("language_probabilities needs at least one language")
     if tau < 0 or not math.isfinite(tau):
@@ -39,6 +50,30 @@ def language_probabilities(sizes: dict[str, int], tau: float) -> dict[str, float
     w = np.exp(logits - logits.max())
     p = w / w.sum()
     return {k: float(x) for k, x in zip(sizes, p)}
+
+
+def _grouped_probabilities(sizes: dict[str, int], tau: float, groups: dict[str, dict]) -> dict[str, float]:
+    owner: dict[str, str] = {}
+    for name, g in groups.items():
+        share = g.get("share") if isinstance(g, dict) else None
+        if not isinstance(share, (int, float)) or not share > 0 or not math.isfinite(share):
+            raise ValueError(f"sampling group {name!r}: share must be a number > 0, got {share!r}")
+        for lang in g.get("languages") or []:
+            if lang in owner:
+                raise ValueError(f"language {lang!r} is in sampling groups {owner[lang]!r} and {name!r}")
+            owner[lang] = name
+    outside = sorted(set(sizes) - set(owner))
+    if outside:
+        raise ValueError(f"languages in no sampling group: {outside}")
+    total = sum(float(g["share"]) for g in groups.values())
+    out: dict[str, float] = {}
+    for name, g in groups.items():
+        members = {k: sizes[k] for k in g["languages"] if k in sizes}
+        if not members:
+            raise ValueError(f"sampling group {name!r} has no language with data (listed: {g['languages']})")
+        inner = language_probabilities(members, tau)
+        out.update({k: float(g["share"]) / total * p for k, p in inner.items()})
+    return {k: out[k] for k in sizes}
 
 
 def draw_languages(probs: dict[str, float], n: int, rng: np.random.Generator) -> list[str]:

@@ -11,6 +11,12 @@ written before any merging. Peak memory, in units of the largest tensor S (in fl
 
 plus the interpreter. Nothing is ever N × the model.
 
+Vocabulary extension (``mmbert adapt``): inputs may differ in ``vocab_size`` only, by appending rows. The output
+takes the largest vocabulary, and config and tokenizer files from the input that has it. Vocabulary-indexed
+tensors (those whose first dimension is the vocabulary size: embeddings, decoder bias) are merged on the rows
+every input has; the rows beyond them come unchanged from the one input that has them (two inputs extending
+the vocabulary are refused: their new rows need not mean the same pieces).
+
 The output directory (model.safetensors, config.json, tokenizer files) is built in a temporary sibling and
 renamed into place, so a crash never leaves a half-written checkpoint under the target name. The merge's
 provenance goes into the safetensors metadata: ``merge_method`` and ``merge`` (JSON: method, parameters,
@@ -132,9 +138,9 @@ def merge(
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {d}{extra}")
         if not (d / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {d}")
-    reference = inputs[0]
-    check_configs(inputs)
-    layout = check_tensors(inputs)
+    vocab = check_configs(inputs)
+    reference = vocab.source if vocab is not None else inputs[0]
+    layout = check_tensors(inputs, vocab)
 
     provenance = {
         "method": spec.method,
@@ -148,10 +154,13 @@ def merge(
                         "a zero sum elects +1",
         "mmbert_version": _version(),
     }
+    if vocab is not None:
+        provenance["vocabulary"] = {"merged_rows": vocab.common, "rows": vocab.size,
+                                    "rows_beyond_from": str(vocab.source)}
     metadata = {"format": "pt", "merge_method": spec.method, "merge": json.dumps(provenance, sort_keys=True)}
 
     def write(tmp: Path) -> None:
-        tensors = _merged_tensors(spec, base_dir, model_dirs, layout)
+        tensors = _merged_tensors(spec, base_dir, model_dirs, layout, vocab)
         write_streaming(tmp / WEIGHTS_NAME, layout, tensors, metadata)
         for name in (CONFIG_NAME, *TOKENIZER_FILES):
             if (reference / name).is_file():
@@ -160,24 +169,52 @@ def merge(
     return atomic_directory_write(out, write)
 
 
-def check_configs(dirs: Sequence[Path]) -> None:
-    """All configs agree on ``ARCHITECTURE_FIELDS``; the error names the first field that differs."""
-    ref = ModelConfig.load(dirs[0] / CONFIG_NAME)
-    for d in dirs[1:]:
-        cfg = ModelConfig.load(d / CONFIG_NAME)
+@dataclass(frozen=True)
+class VocabExtension:
+    """Inputs whose vocabularies differ: rows ``[:common]`` are merged, ``[common:size]`` come from ``source``."""
+
+    common: int  # the smallest vocabulary among the inputs
+    size: int  # the largest: the output's
+    source: Path  # the one input with the largest vocabulary
+
+
+def check_configs(dirs: Sequence[Path]) -> VocabExtension | None:
+    """All configs agree on ``ARCHITECTURE_FIELDS`` (the error names the first field that differs), except that
+    one input may extend the vocabulary of the others; then the extension is returned."""
+    configs = [ModelConfig.load(d / CONFIG_NAME) for d in dirs]
+    ref = configs[0]
+    for d, cfg in zip(dirs[1:], configs[1:]):
         for field in ARCHITECTURE_FIELDS:
             a, b = getattr(ref, field), getattr(cfg, field)
-            if a != b:
+            if a != b and field != "vocab_size":
                 raise ValueError(
                     f"config mismatch: {field} is {a!r} in {dirs[0] / CONFIG_NAME} but {b!r} in {d / CONFIG_NAME}"
                 )
+    sizes = [c.vocab_size for c in configs]
+    if len(set(sizes)) == 1:
+        return None
+    big = [d for d, n in zip(dirs, sizes) if n == max(sizes)]
+    if len(set(sizes)) > 2 or len(big) > 1:
+        raise ValueError("config mismatch: vocab_size is " + ", ".join(f"{n} in {d}" for d, n in zip(dirs, sizes))
+                         + "; only one input may extend the vocabulary of the others")
+    return VocabExtension(min(sizes), max(sizes), big[0])
 
 
-def check_tensors(dirs: Sequence[Path]) -> dict[str, TensorInfo]:
-    """Same tensor names, shapes and dtypes in every input; returns the reference layout (file order)."""
-    ref_path = dirs[0] / WEIGHTS_NAME
+def _vocab_rows(name: str, info: TensorInfo, other: TensorInfo, vocab: VocabExtension | None) -> bool:
+    """Is ``name`` vocabulary-indexed, with ``info`` the larger vocabulary's and ``other`` the smaller's shape?"""
+    return (vocab is not None and len(info.shape) >= 1 and info.shape[0] == vocab.size
+            and other.shape == (vocab.common, *info.shape[1:]))
+
+
+def check_tensors(dirs: Sequence[Path], vocab: VocabExtension | None = None) -> dict[str, TensorInfo]:
+    """Same tensor names, shapes and dtypes in every input (vocabulary-indexed tensors may be shorter by the
+    extension's rows); returns the reference layout (file order; with an extension, that input's)."""
+    ref_dir = vocab.source if vocab is not None else dirs[0]
+    ref_path = ref_dir / WEIGHTS_NAME
     layout, _ = read_header(ref_path)
-    for d in dirs[1:]:
+    for d in dirs:
+        if d == ref_dir:
+            continue
         path = d / WEIGHTS_NAME
         other, _ = read_header(path)
         missing = [k for k in layout if k not in other]
@@ -188,7 +225,7 @@ def check_tensors(dirs: Sequence[Path]) -> dict[str, TensorInfo]:
             raise ValueError(f"tensor {extra[0]!r} is in {path} but not in {ref_path} ({len(extra)} extra)")
         for name, info in layout.items():
             o = other[name]
-            if o.shape != info.shape:
+            if o.shape != info.shape and not _vocab_rows(name, info, o, vocab):
                 raise ValueError(f"tensor {name!r}: shape {list(info.shape)} in {ref_path} but {list(o.shape)} in {path}")
             if o.dtype != info.dtype:
                 raise ValueError(f"tensor {name!r}: dtype {info.dtype} in {ref_path} but {o.dtype} in {path}")
@@ -196,7 +233,8 @@ def check_tensors(dirs: Sequence[Path]) -> dict[str, TensorInfo]:
 
 
 def _merged_tensors(
-    spec: MergeSpec, base_dir: Path | None, model_dirs: Sequence[Path], layout: dict[str, TensorInfo]
+    spec: MergeSpec, base_dir: Path | None, model_dirs: Sequence[Path], layout: dict[str, TensorInfo],
+    vocab: VocabExtension | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     for name, info in layout.items():
         dtype = info.torch_dtype
@@ -204,6 +242,10 @@ def _merged_tensors(
             yield name, _unmergeable(name, [d for d in [base_dir, *model_dirs] if d is not None])
             continue
         cdt = methods.compute_dtype(dtype)
+        rows = vocab is not None and len(info.shape) >= 1 and info.shape[0] == vocab.size
+        if rows:
+            yield name, _extended(spec, base_dir, model_dirs, name, cdt, vocab).to(dtype)
+            continue
         # A generator, so each model tensor is read only when the method reaches it.
         models = (read_tensor(d / WEIGHTS_NAME, name, cdt) for d in model_dirs)
         if spec.method == "linear":
@@ -218,6 +260,25 @@ def _merged_tensors(
             del base
         yield name, merged.to(dtype)
         del merged
+
+
+def _extended(spec: MergeSpec, base_dir: Path | None, model_dirs: Sequence[Path], name: str, cdt: torch.dtype,
+              vocab: VocabExtension) -> torch.Tensor:
+    """A vocabulary-indexed tensor: the shared rows merged as any tensor, the extension's rows copied."""
+    def common(d: Path) -> torch.Tensor:
+        return read_tensor(d / WEIGHTS_NAME, name, cdt)[: vocab.common]
+
+    models = (common(d) for d in model_dirs)
+    if spec.method == "linear":
+        merged = methods.linear(models, spec.weights, spec.normalize, inplace=True)
+    elif spec.method == "task_arithmetic":
+        merged = methods.task_arithmetic(common(base_dir), models, spec.weights, spec.lambda_, spec.normalize,
+                                         inplace=True)
+    else:
+        merged = methods.ties(common(base_dir), models, spec.weights, spec.density, spec.lambda_, spec.normalize,
+                              inplace=True)
+    beyond = read_tensor(vocab.source / WEIGHTS_NAME, name, cdt)[vocab.common :]
+    return torch.cat([merged, beyond])
 
 
 def _unmergeable(name: str, dirs: Sequence[Path]) -> torch.Tensor:
@@ -235,4 +296,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["ARCHITECTURE_FIELDS", "MergeSpec", "check_configs", "check_tensors", "merge"]
+__all__ = ["ARCHITECTURE_FIELDS", "MergeSpec", "VocabExtension", "check_configs", "check_tensors", "merge"]

@@ -96,15 +96,15 @@ def load_heldout_texts(directory: str | Path, languages: list[str] | None = None
 
 def build_source(corpus: Corpus, tokenizer, *, languages: list[str], sizes: dict[str, int], tau: float,
                  mask_ratio: float, seq_len: int, rows: int, seed: int, world: World, num_workers: int,
-                 vocab_size: int, state: dict | None = None):
-    """The batch iterator of this rank for one stage."""
+                 vocab_size: int, state: dict | None = None, groups: dict | None = None):
+    """The batch iterator of this rank for one stage (``groups``: fixed sampling shares, ``data.sampling``)."""
     if corpus.manifest is None:
         return SyntheticSource(languages, sizes, tau, mask_ratio, seq_len, rows, seed, world.rank, world.world_size,
-                               vocab_size, state)
+                               vocab_size, state, groups)
     from mmbert.data import PhaseData, build_loader
 
     phase = PhaseData(languages=list(languages), tau=tau, mask_ratio=mask_ratio, seq_len=seq_len, batch_rows=rows,
-                      seed=seed)
+                      seed=seed, groups=groups or None)
     return build_loader(corpus.manifest, tokenizer, phase, rank=world.rank, world_size=world.world_size,
                         num_workers=num_workers, state=state, sizes=sizes)
 
@@ -113,11 +113,12 @@ class SyntheticSource:
     """Random documents with a per-language pattern; see the module docstring."""
 
     def __init__(self, languages: list[str], sizes: dict[str, int], tau: float, mask_ratio: float, seq_len: int,
-                 rows: int, seed: int, rank: int, world_size: int, vocab_size: int, state: dict | None = None):
+                 rows: int, seed: int, rank: int, world_size: int, vocab_size: int, state: dict | None = None,
+                 groups: dict | None = None):
         if vocab_size <= len(SYNTHETIC_SPECIALS) + 1:
             raise ValueError(f"synthetic data needs a vocabulary larger than {len(SYNTHETIC_SPECIALS) + 1}")
         self.languages = list(languages)
-        self.probs = language_probabilities({k: sizes[k] for k in self.languages}, tau)
+        self.probs = language_probabilities({k: sizes[k] for k in self.languages}, tau, groups or None)
         self.mask_ratio, self.seq_len, self.rows, self.seed = mask_ratio, seq_len, rows, seed
         self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
         self.count = 0

@@ -71,7 +71,7 @@ class PhaseConfig:
     name: str  # unique phase name; also its directory under the run dir
     steps: int | None = None  # optimizer steps in this phase (exactly one of steps / tokens)
     tokens: int | None = None  # token budget of this phase; steps = ceil(tokens / batch_tokens)
-    languages: Any = "all"  # "all" | [lang ids] | {top: K} (largest K) | {mmbert: pretrain|ext|decay-eng|decay-mid|decay-all}
+    languages: Any = "all"  # "all" | [lang ids] | {top: K} (largest K) | {except: [ids]} (all others) | {mmbert: pretrain|ext|decay-eng|decay-mid|decay-all}
     sizes: str = "corpus"  # language sizes for p ∝ n^τ: "corpus" (measured) or "mmbert" (published counts)
     sizes_phase: str | None = None  # mmBERT csv column for sizes: "mmbert" (default: the languages.mmbert phase)
     mask_ratio: float = 0.15  # fraction of tokens predicted
@@ -86,6 +86,7 @@ class PhaseConfig:
     lr: LRShape = field(default_factory=LRShape)  # this phase's learning-rate shape
     variants: list[dict[str, Any]] = field(default_factory=list)  # last phase only: decay variants (name + phase fields)
     manifest: str | None = None  # this phase's corpus manifest (None = data.manifest): mmBERT's phases are separate datasets
+    groups: dict[str, Any] = field(default_factory=dict)  # {name: {share: S, languages: [ids]}}: each group gets share S of the rows, p ∝ n^τ inside it (adapt: new languages vs replay)
 
     @property
     def global_batch_tokens(self) -> int:
@@ -314,10 +315,14 @@ def validate_languages(spec: Any, key: str, where: str) -> None:
         if kind == "top":
             _check(isinstance(value, int) and value > 0, key, where, "top: K needs a positive integer")
             return
+        if kind == "except":
+            _check(isinstance(value, list) and all(isinstance(x, str) for x in value), key, where,
+                   "except: needs a list of language ids")
+            return
         if kind == "mmbert":
             _check(value in LANGUAGE_PHASES, key, where, f"mmbert: must be one of {LANGUAGE_PHASES}, got {value!r}")
             return
-    raise ConfigError(f"{key!r} in {where}: expected 'all', a list of language ids, {{top: K}} or "
+    raise ConfigError(f"{key!r} in {where}: expected 'all', a list of language ids, {{top: K}}, {{except: [ids]}} or "
                       f"{{mmbert: {'|'.join(LANGUAGE_PHASES)}}}; got {spec!r}")
 
 
@@ -338,6 +343,19 @@ def validate_phase(p: PhaseConfig, key: str, where: str) -> None:
         phase = p.sizes_phase or (p.languages.get("mmbert") if isinstance(p.languages, dict) else None)
         _check(phase in LANGUAGE_PHASES, f"{key}.sizes_phase", where,
                f"sizes: mmbert needs sizes_phase (or languages: {{mmbert: ...}}) in {LANGUAGE_PHASES}")
+    seen: dict[str, str] = {}
+    for name, g in p.groups.items():
+        gkey = f"{key}.groups.{name}"
+        _check(isinstance(g, dict) and set(g) == {"share", "languages"}, gkey, where,
+               "a sampling group is {share: S, languages: [ids]}")
+        _check(isinstance(g["share"], (int, float)) and not isinstance(g["share"], bool) and g["share"] > 0,
+               f"{gkey}.share", where, "must be a number > 0")
+        _check(isinstance(g["languages"], list) and bool(g["languages"])
+               and all(isinstance(x, str) for x in g["languages"]), f"{gkey}.languages", where,
+               "must be a non-empty list of ids")
+        for lang in g["languages"]:
+            _check(lang not in seen, f"{gkey}.languages", where, f"{lang} is also in group {seen.get(lang)!r}")
+            seen[lang] = name
     lr = p.lr
     _check(p.manifest is None or isinstance(p.manifest, str), f"{key}.manifest", where, "must be a path")
     _check(lr.decay in DECAYS, f"{key}.lr.decay", where, f"must be one of {DECAYS}")

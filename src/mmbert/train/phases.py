@@ -6,7 +6,8 @@ Choices:
   variants are independent runs from one starting point, as mmBERT's decay variants are.
 - Directories: ``RUN/<phase>/`` for a phase, ``RUN/<phase>/<variant>/`` for a variant; each holds
   ``checkpoints/step-NNNNNNNN/`` and, once the stage is done, ``final/``.
-- Languages: ``all`` | an explicit list | ``{top: K}`` (the K largest in the corpus) | ``{mmbert: P}``
+- Languages: ``all`` | an explicit list | ``{top: K}`` (the K largest in the corpus) | ``{except: [ids]}``
+  (every other corpus language) | ``{mmbert: P}``
   (mmBERT's published language set of phase P intersected with the corpus). Sizes for p ∝ n^τ: the
   corpus' measured bytes, or mmBERT's published token counts of a phase (``sizes: mmbert``), split
   evenly among the corpus versions of one language (``cmn_Hans`` / ``cmn_Hant``); a language the table
@@ -82,6 +83,8 @@ def resolve_languages(spec, corpus_sizes: dict[str, int], hooks: TrainerHooks = 
             raise ValueError(f"phase languages not in the corpus: {missing}")
         return sorted(spec)
     (kind, value), = spec.items()
+    if kind == "except":
+        return [k for k in available if k not in set(value)]
     if kind == "top":
         return sorted(sorted(available, key=lambda k: (-corpus_sizes[k], k))[:value])
     langs = hooks.need("language_set", f"languages: {{{kind}: {value}}}")(value, available)

@@ -275,7 +275,7 @@ class Trainer:
         source = build_source(corpus, tokenizer, languages=languages, sizes=sizes, tau=phase.tau,
                               mask_ratio=phase.mask_ratio, seq_len=phase.seq_len, rows=rows,
                               seed=cfg.seed * 1_000_003 + stage.index, world=world, num_workers=cfg.data.num_workers,
-                              vocab_size=unwrap(model).config.vocab_size, state=data_state)
+                              vocab_size=unwrap(model).config.vocab_size, state=data_state, groups=phase.groups)
         heldout = self._heldout_texts(corpus, tokenizer, languages)
         peak = phase.lr.peak if phase.lr.peak is not None else cfg.optimizer.lr
         common = {"phase": phase.name, "variant": stage.variant}
