@@ -13,6 +13,7 @@ import sys
 
 # name -> (module, one-line help). Keep alphabetical.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "adapt": ("mmbert.commands.adapt", "add languages to a trained model: continued training, new vocabulary, merge-back"),
     "corpus": ("mmbert.commands.corpus", "build or inspect the embedded multilingual corpus"),
     "embed": ("mmbert.commands.embed", "embed texts with a checkpoint (mean-pooled, unpadded batches)"),
     "eval": ("mmbert.commands.eval", "evaluate a checkpoint on a task, per language"),
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # What to do after freeing space: training continues from its checkpoints; other commands start over.
-_AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again"}
+_AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again", "adapt": "run the same command again"}
 
 
 if __name__ == "__main__":

@@ -306,3 +306,44 @@ def train_tokenizer(texts: Iterable[str], config: TrainConfig | None = None) -> 
     floor = min((s for _, s in pieces), default=0.0) - 1000.0
     vocab = [(t, 0.0) for t in SPECIAL_TOKENS] + [(b, floor) for b in BYTE_TOKENS] + pieces
     return Tokenizer(build_backend(vocab), model_max_length=config.model_max_length)
+
+
+# -- extension ---------------------------------------------------------------------------------------
+def unigram_pieces(tokenizer: Tokenizer) -> list[tuple[str, float]]:
+    """The (piece, score) list of a Unigram tokenizer, in id order; a ValueError for any other model."""
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    if model.get("type") != "Unigram":
+        raise ValueError(f"vocabulary extension needs a Unigram tokenizer, this one is {model.get('type')!r}")
+    return [(p, float(s)) for p, s in model["vocab"]]
+
+
+def extend_tokenizer(tokenizer: Tokenizer, texts: Iterable[str], n_new: int, multiple_of: int = 64,
+                     seed: int = 0) -> tuple[Tokenizer, list[str]]:
+    """``tokenizer`` with pieces learned on ``texts`` appended (ids after every old one, which keep theirs).
+
+    A Unigram of ``n_new`` learned pieces is trained on ``texts`` with ``train_tokenizer``; its pieces the old
+    vocabulary lacks are appended with the scores (log-probabilities) they got there, highest first, and the
+    lowest are dropped until the vocabulary size is a multiple of ``multiple_of`` (so fewer than ``n_new``
+    may be added; none is ever a duplicate). Returns (tokenizer, added pieces)."""
+    old = unigram_pieces(tokenizer)
+    have = {p for p, _ in old}
+    fresh = train_tokenizer(texts, TrainConfig(vocab_size=n_new + len(BYTE_TOKENS) + len(SPECIAL_TOKENS), seed=seed))
+    learned = [(p, s) for p, s in unigram_pieces(fresh) if p not in SPECIAL_TOKENS and p not in BYTE_TOKENS]
+    new = sorted(((p, s) for p, s in learned if p not in have), key=lambda ps: (-ps[1], ps[0]))
+    size = len(old) + len(new)
+    keep = len(new) - (size % multiple_of) if size % multiple_of else len(new)
+    if keep <= 0:
+        raise ValueError(f"only {len(new)} of the {len(learned)} learned pieces are new, too few to reach a "
+                         f"vocabulary size that is a multiple of {multiple_of} above {len(old)}; ask for more pieces")
+    new = new[:keep]
+    state = json.loads(tokenizer.backend.to_str())
+    state["model"]["vocab"] = [[p, s] for p, s in old + new]
+    backend = BackendTokenizer.from_str(json.dumps(state))
+    return Tokenizer(backend, model_max_length=tokenizer.model_max_length), [p for p, _ in new]
+
+
+def fertility(tokenizer: Tokenizer, texts: list[str]) -> float:
+    """Pieces per character of ``texts`` (special tokens not counted)."""
+    chars = sum(len(t) for t in texts)
+    pieces = sum(len(ids) for ids in tokenizer.encode_batch(texts, add_special_tokens=False))
+    return pieces / chars if chars else float("nan")

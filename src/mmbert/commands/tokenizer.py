@@ -1,7 +1,7 @@
 """``mmbert tokenizer``: train a language-balanced byte-fallback Unigram tokenizer, show one, or report
 its per-language coverage.
 
-    mmbert tokenizer train [--vocab-size 16384] [--tau 0.3] [--out DIR]    # default --out: the shipped one
+    mmbert tokenizer train [--vocab-size 16384] [--tau 0.3] [--out DIR] [--exclude ID ...]   # default --out: the shipped one
     mmbert tokenizer info [--tokenizer PATH]
     mmbert tokenizer report [--tokenizer PATH] [--out DIR] [--split heldout|train|all] [--languages ID ...]
 """
@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--budget-chars", type=int, help="characters of balanced text (default: corpus size)")
     train.add_argument("--character-coverage", type=float, default=d.character_coverage)
     train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--exclude", nargs="+", metavar="LANG_ID", default=[],
+                       help="leave these lang ids out of the training text (a model that never saw them: adapt demo)")
     info = sub.add_parser("info", help="vocabulary size, special tokens and a sample encoding")
     info.add_argument("--tokenizer", help="tokenizer.json or its folder (default: the shipped one)")
     report = sub.add_parser("report", help="tokens/char and unk/byte-fallback share per language")
@@ -54,7 +56,13 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(vocab_size=args.vocab_size, tau=args.tau, budget_chars=args.budget_chars,
                          character_coverage=args.character_coverage, seed=args.seed)
     start = time.perf_counter()
-    tok, info = train_on_corpus(load_corpus(args.corpus), config)
+    records = load_corpus(args.corpus)
+    unknown = sorted(set(args.exclude) - {r.lang_id for r in records})
+    if unknown:
+        raise ValueError(f"--exclude: no corpus text for {unknown}")
+    records = [r for r in records if r.lang_id not in set(args.exclude)]
+    tok, info = train_on_corpus(records, config)
+    info["excluded_languages"] = sorted(args.exclude)
     out = tok.save(args.out or default_tokenizer_path())
     (out / "mmbert_tokenizer_training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     print(f"trained {tok.vocab_size} pieces on {info['balanced_chars']} balanced characters of "

@@ -545,3 +545,17 @@ def file_fingerprint(files: list[SourceFile]) -> list:
             except OSError:
                 out.append([p, -1, -1, src.format, src.text_field, src.split])
     return out
+
+
+def iter_texts(files: list[SourceFile], opts: ReadOptions = ReadOptions(), max_chars: int | None = None) -> Iterator[str]:
+    """The text documents of one language's source files, in file order (pre-tokenized records are skipped),
+    stopping once ``max_chars`` characters were yielded. For callers that need raw text (tokenizer training)."""
+    total = 0
+    for shard in plan_shards(files, opts):
+        for text, _ in read_shard(shard, None, None, opts):
+            if not isinstance(text, str):
+                continue
+            yield text
+            total += len(text)
+            if max_chars is not None and total >= max_chars:
+                return
