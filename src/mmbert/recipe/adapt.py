@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,9 +517,3 @@ def _plot_curves(curves, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def remove_outputs(out: Path) -> None:
-    """Everything ``adapt`` writes under ``out`` (for --overwrite)."""
-    for name in ("init", "train", "eval", "report", "merged-ties", "merged-linear"):
-        shutil.rmtree(out / name, ignore_errors=True)
