@@ -252,3 +252,27 @@ def test_adapt_end_to_end(setup, tmp_path):
     cfg = (out / "train-config.yaml").read_text()
     assert "groups" in cfg and "mask_ratio: 0.05" in cfg
     assert set(summary["heldout_new_mean"]) == {"original", "initialised", "adapted", "merged (ties)", "merged (linear)"}
+
+
+def test_prior_bias_fits_the_old_line():
+    bias = torch.tensor([0.0, 1.0, 3.0, 5.0, 9.0])
+    old_scores = {1: -4.0, 2: -3.0, 3: -2.0}  # biases 1, 3, 5: b = 2 * score + 9
+    b = mv.prior_bias(bias, old_scores, torch.tensor([-1.0, -5.0]))
+    assert torch.allclose(b, torch.tensor([7.0, -1.0]))
+
+
+def test_phase_groups_and_except_in_the_training_config():
+    from mmbert.train.config import ConfigError, config_from_dict
+    from mmbert.train.phases import resolve_languages
+
+    phase = {"name": "a", "steps": 1, "batch_tokens": 64, "languages": ["x", "y"],
+             "groups": {"new": {"share": 0.5, "languages": ["x"]}, "replay": {"share": 0.5, "languages": ["y"]}}}
+    cfg = config_from_dict({"data": {"synthetic": True}, "phases": [phase]})
+    assert cfg.phases[0].groups["new"]["languages"] == ["x"]
+    bad = {**phase, "groups": {"new": {"share": 0, "languages": ["x"]}}}
+    with pytest.raises(ConfigError, match=r"phases\.0\.groups\.new\.share"):
+        config_from_dict({"data": {"synthetic": True}, "phases": [bad]})
+    bad = {**phase, "groups": {"new": {"share": 1, "languages": ["x"]}, "b": {"share": 1, "languages": ["x"]}}}
+    with pytest.raises(ConfigError, match="also in group"):
+        config_from_dict({"data": {"synthetic": True}, "phases": [bad]})
+    assert resolve_languages({"except": ["b"]}, {"a": 1, "b": 2, "c": 3}) == ["a", "c"]

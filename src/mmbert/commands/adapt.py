@@ -26,9 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="learn N pieces on the new languages' text and add those the vocabulary lacks")
     vocab.add_argument("--tokenizer", help="a tokenizer extending the checkpoint's (old pieces at their ids)")
     p.add_argument("--init", default=d.init, choices=["fvt", "focus", "random"], help="new embedding rows (default fvt)")
+    p.add_argument("--no-prior-bias", action="store_true",
+                   help="fvt/focus: new decoder biases transferred as the rows are, not from the pieces' unigram scores")
     p.add_argument("--init-shrink", type=float, default=d.shrink,
-                   help=f"fvt/focus: pull new rows toward the old mean, 0..1 (default {d.shrink}; see model/vocab.py)")
-    p.add_argument("--no-calibration", action="store_true", help="fvt/focus rows as they are (no shrink, own bias)")
+                   help="fvt/focus: pull new rows toward the old mean by this factor, 0..1 (default: off; model/vocab.py)")
     p.add_argument("--replay", type=float, default=d.replay, help=f"share of rows from old languages (default {d.replay})")
     p.add_argument("--replay-languages", nargs="+", metavar="LANG", help="default: every other manifest language")
     p.add_argument("--merge", nargs="+", default=d.merge, choices=["ties", "linear"], help="merge-back methods (default both)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     opts = AdaptOptions(
         checkpoint=Path(args.checkpoint), languages=list(args.languages), manifest=Path(args.data), out=Path(args.out),
         steps=args.steps, extend_tokenizer=args.extend_tokenizer, tokenizer=args.tokenizer, init=args.init,
-        shrink=None if args.no_calibration else args.init_shrink, replay=args.replay,
+        prior=not args.no_prior_bias, shrink=args.init_shrink, replay=args.replay,
         replay_languages=args.replay_languages, merge=list(args.merge), density=args.density,
         linear_weight=args.linear_weight, mask_ratio=args.mask_ratio, tau=args.tau, seq_len=args.seq_len,
         batch_tokens=args.batch_tokens, micro_batch_tokens=args.micro_batch_tokens, lr=args.lr,

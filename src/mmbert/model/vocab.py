@@ -17,14 +17,21 @@ Choices:
     skip-gram). FOCUS initialises tokens that have no overlap candidates with random rows; here they fall
     back to FVT.
   * ``random_rows`` — the model's own init (truncated normal, std ``initializer_range``), bias 0.
-- ``calibrate_rows`` — why plain FVT can start *above* random init: a piece of a script the old tokenizer
+- ``prior_bias`` — the decoder bias of a new row. FVT's mean of the split's biases gives every piece of a
+  byte-fallback script about the bias of its byte pieces, whatever the piece's frequency. A trained decoder
+  bias tracks log-frequency (corr. 0.72 with the Unigram score in the demo base), so the new piece's bias is
+  put where an old piece of the same unigram log-probability sits: a least-squares line fitted on the old
+  pieces, evaluated at the new piece's score from the tokenizer that learned it.
+- ``calibrate_rows`` (optional, ``--init-shrink``) — a hypothesis for why plain FVT can start *above* random init: a piece of a script the old tokenizer
   covers only by byte fallback is the mean of a handful of byte rows; hundreds of new pieces then sit almost
   on top of each other, far from the mean of the vocabulary, and through the tied decoder every one of them
   gets the high logit of that byte cluster wherever the hidden state points there — the model is confidently
   wrong among near-duplicates. The calibration shrinks each new row toward the mean of the old rows,
   ``e = μ + s (e_fvt − μ)`` (Hewitt 2021: a row at μ cannot dominate the softmax, by Jensen), and sets the new
   decoder bias to the old biases' mean, so the new pieces start as a near-neutral guess whose
-  differences are carried, scaled down, by the FVT direction.
+  differences are carried, scaled down, by the FVT direction. Measured on the demo base it *hurts* (shrink 0.5:
+  +0.76 nats over FVT at init; README), since the tied rows are also the inputs and shrinking erases what the
+  context says; it is kept as an option, off by default.
 """
 
 from __future__ import annotations
@@ -105,6 +112,20 @@ def calibrate_rows(rows: torch.Tensor, embeddings: torch.Tensor, bias: torch.Ten
     return mu + shrink * (rows.float() - mu), b
 
 
+def prior_bias(bias: torch.Tensor, old_scores: dict[int, float], new_scores: torch.Tensor) -> torch.Tensor:
+    """Decoder bias of new pieces from their unigram log-probabilities: b = a·score + c, with (a, c) the least-squares
+    fit of the old pieces' biases on their own scores (``old_scores``: old id -> score). A trained decoder bias
+    tracks log-frequency, so a new piece gets the bias an old piece of the same probability has."""
+    ids = sorted(old_scores)
+    x = torch.tensor([old_scores[i] for i in ids], dtype=torch.float64)
+    y = bias[ids].double()
+    if len(ids) < 2 or float(x.std()) == 0.0:
+        return torch.full((len(new_scores),), float(y.mean()) if len(ids) else 0.0)
+    a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    c = float(y.mean() - a * x.mean())
+    return (a * new_scores.double() + c).float()
+
+
 def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Martins & Astudillo (2016): the Euclidean projection of ``z`` onto the simplex (sparse weights)."""
     zs, _ = torch.sort(z, dim=dim, descending=True)
@@ -183,5 +204,5 @@ def focus_rows(embeddings: torch.Tensor, bias: torch.Tensor, aux: np.ndarray, ne
     return rows, b
 
 
-__all__ = ["INIT_METHODS", "calibrate_rows", "cooccurrence_vectors", "focus_rows", "fvt_rows", "old_bias",
+__all__ = ["INIT_METHODS", "calibrate_rows", "cooccurrence_vectors", "focus_rows", "fvt_rows", "old_bias", "prior_bias",
            "random_rows", "resize_vocab", "sparsemax"]

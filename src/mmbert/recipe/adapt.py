@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from mmbert.recipe import report as rp
 
 REPLAY_SHARE = 0.5
-SHRINK = 0.5  # FVT/FOCUS calibration: new rows halfway between their transfer and the old mean (model/vocab.py)
 
 
 @dataclass
@@ -52,7 +52,8 @@ class AdaptOptions:
     extend_tokenizer: int | None = None  # learn this many pieces on the new languages and add the new ones
     tokenizer: str | None = None  # or: a tokenizer that extends the checkpoint's (old pieces at their ids)
     init: str = "fvt"  # fvt | focus | random: how new embedding rows start
-    shrink: float | None = SHRINK  # fvt/focus: pull new rows toward the old mean (None: no calibration)
+    prior: bool = True  # fvt/focus: new decoder biases from the pieces' unigram log-probabilities (model/vocab.py)
+    shrink: float | None = None  # fvt/focus: pull new rows toward the old mean by this factor (None: no shrink)
     replay: float = REPLAY_SHARE  # share of rows drawn from the old languages
     replay_languages: list[str] | None = None  # default: every other manifest language with text
     merge: list[str] = field(default_factory=lambda: ["ties", "linear"])  # merge-back methods
@@ -165,9 +166,11 @@ def _new_language_texts(opts: AdaptOptions, max_chars: int = 20_000_000) -> list
     return [t for lang in opts.languages for t in iter_texts(m.languages[lang], max_chars=max_chars)]
 
 
-def init_rows(method: str, model, base_tok, new_tok, shrink: float | None, texts: list[str], seed: int):
+def init_rows(method: str, model, base_tok, new_tok, texts: list[str], seed: int, prior: bool = True,
+              shrink: float | None = None):
     """(rows, bias) of the new vocabulary entries of ``new_tok`` for ``model`` (still at the old size)."""
     from mmbert.model import vocab as mv
+    from mmbert.tokenizer import BYTE_TOKENS, unigram_pieces
 
     emb = model.model.embeddings.tok_embeddings.weight.detach().float()
     bias = mv.old_bias(model)
@@ -175,13 +178,13 @@ def init_rows(method: str, model, base_tok, new_tok, shrink: float | None, texts
     if method == "random":
         c = model.config
         return mv.random_rows(n_new, emb.shape[1], c.initializer_range, c.initializer_cutoff_factor, seed)
+    if method not in mv.INIT_METHODS:
+        raise ValueError(f"--init {method!r}: choose one of {mv.INIT_METHODS}")
     pieces = [new_tok.backend.id_to_token(i) for i in range(n_old, new_tok.vocab_size)]
     # The old tokenizer's split of each new piece's string; "▁" is the word-initial space.
     splits = []
     for p in pieces:
         ids = base_tok.encode(p.replace("▁", " "), add_special_tokens=False)
-        if p.startswith("▁") and not ids:
-            ids = base_tok.encode(" ", add_special_tokens=False)
         splits.append(ids or [base_tok.unk_id if base_tok.unk_id is not None else 0])
     rows, b = mv.fvt_rows(emb, bias, splits)
     if method == "focus":
@@ -191,20 +194,32 @@ def init_rows(method: str, model, base_tok, new_tok, shrink: float | None, texts
         overlap = {i: old_vocab[p] for p, i in new_tok.backend.get_vocab(with_added_tokens=True).items()
                    if i < n_old and p in old_vocab and i not in base_tok.special_ids}
         rows, b = mv.focus_rows(emb, bias, aux, list(range(n_old, new_tok.vocab_size)), overlap, (rows, b))
-    elif method != "fvt":
-        raise ValueError(f"--init {method!r}: choose one of {mv.INIT_METHODS}")
     if shrink is not None:
         rows, b = mv.calibrate_rows(rows, emb, bias, shrink)
+    if prior:
+        try:
+            scores = unigram_pieces(new_tok)
+        except ValueError:  # not a Unigram tokenizer: no scores, keep the transferred bias
+            return rows, b
+        old = {i: s for i, (p, s) in enumerate(scores[:n_old]) if i not in base_tok.special_ids and p not in BYTE_TOKENS}
+        b = mv.prior_bias(bias, old, torch.tensor([s for _, s in scores[n_old:]]))
     return rows, b
 
 
-def extended_model(checkpoint: Path, base_tok, new_tok, method: str, shrink: float | None, texts, seed: int):
+def init_label(method: str, prior: bool, shrink: float | None) -> str:
+    if method == "random":
+        return "random"
+    return method + (" + prior bias" if prior else "") + (f" + shrink {shrink:g}" if shrink is not None else "")
+
+
+def extended_model(checkpoint: Path, base_tok, new_tok, method: str, texts, seed: int, prior: bool = True,
+                   shrink: float | None = None):
     from mmbert.model import MmBertForMaskedLM
     from mmbert.model.vocab import resize_vocab
 
     model = MmBertForMaskedLM.from_pretrained(checkpoint)
     if new_tok.vocab_size > model.config.vocab_size:
-        rows, b = init_rows(method, model, base_tok, new_tok, shrink, texts, seed)
+        rows, b = init_rows(method, model, base_tok, new_tok, texts, seed, prior, shrink)
         resize_vocab(model, new_tok.vocab_size, rows, b)
         model.config = model.config.replace(**_token_ids(new_tok))
     return model.eval()
@@ -284,25 +299,25 @@ def _adapt(opts: AdaptOptions) -> Path:
                 new_tok = check_given_tokenizer(opts.tokenizer, base_tok)
                 added = [new_tok.backend.id_to_token(i) for i in range(base_tok.vocab_size, new_tok.vocab_size)]
             init_losses = {}
-            methods = [("random", None), ("fvt", None), ("fvt", opts.shrink), ("focus", None), ("focus", opts.shrink)]
-            chosen = None
-            for method, shrink in dict.fromkeys(methods):
-                label = method if shrink is None or method == "random" else f"{method} (calibrated, shrink {shrink})"
+            variants = [("random", False, None), ("fvt", False, None), ("fvt", True, None), ("focus", False, None),
+                        ("focus", True, None), (opts.init, opts.prior, opts.shrink)]
+            chosen, chosen_label = None, init_label(opts.init, opts.prior, opts.shrink)
+            for method, prior, shrink in variants:
+                label = init_label(method, prior, shrink)
+                if label in init_losses:
+                    continue
                 t = time.perf_counter()
-                model = extended_model(ckpt, base_tok, new_tok, method, shrink, texts, opts.seed)
+                model = extended_model(ckpt, base_tok, new_tok, method, texts, opts.seed, prior, shrink)
                 losses = heldout(model, new_tok, new_held, opts) if new_held else {}
                 init_losses[label] = {"mean": _mean(losses.values()), "per_language": losses,
                                       "seconds": round(time.perf_counter() - t, 1)}
                 print(f"[mmbert adapt] init {label}: held-out loss on new languages "
                       f"{init_losses[label]['mean']:.3f}", flush=True)
-                if method == opts.init and (shrink == opts.shrink or method == "random"):
+                if label == chosen_label:
                     chosen = model
-                    chosen_label = label
-            if chosen is None:
-                chosen_label = opts.init
+
             def write(tmp: Path) -> None:
-                (chosen or extended_model(ckpt, base_tok, new_tok, opts.init, opts.shrink, texts, opts.seed)
-                 ).save_pretrained(tmp)
+                chosen.save_pretrained(tmp)
                 new_tok.save(tmp)
 
             fert = {lang: {"before": fertility(base_tok, held[lang]), "after": fertility(new_tok, held[lang])}
