@@ -476,9 +476,14 @@ def write_report(opts: AdaptOptions, cfg, replay: list[str], checkpoints: dict[s
         md += ["Vocabulary extended: rows of *original* are scored with the old tokenizer, every other row with "
                "the extended one (same texts; token counts differ, so the new-language column of *original* is "
                "not the same unit as the others).", ""]
-    md += ["| checkpoint | new languages (mean) | old languages (mean) | change on old vs original |", "|---|---|---|---|"]
-    md += [f"| {n} | {rp._fmt(mean_new[n])} | {rp._fmt(mean_old[n])} | {mean_old[n] - mean_old[orig]:+.3f} |"
-           for n in names]
+    per_char = per_character(evals, init, names, orig)
+    md += ["| checkpoint | new languages (mean) | new, ≈ nats/char | old languages (mean) | change on old vs original |",
+           "|---|---|---|---|---|"]
+    md += [f"| {n} | {rp._fmt(mean_new[n])} | {rp._fmt(per_char.get(n))} | {rp._fmt(mean_old[n])} | "
+           f"{mean_old[n] - mean_old[orig]:+.3f} |" for n in names]
+    if per_char:
+        md += ["", "≈ nats/char: each new language's loss per masked piece times its pieces per character (the "
+               "checkpoint's tokenizer), averaged — a rough common unit across tokenizers."]
     md += ["", "| language | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     md += [f"| {lang} | " + " | ".join(rp._fmt(evals[n]["new"].get(lang)) for n in names) + " |" for lang in new_langs]
     md += ["", "![new languages](report/new_languages.png)", "", "![groups](report/groups.png)", "",
@@ -513,10 +518,25 @@ def write_report(opts: AdaptOptions, cfg, replay: list[str], checkpoints: dict[s
                "checkpoints": {n: str(p) for n, p in checkpoints.items()},
                "heldout_new_mean": mean_new, "heldout_old_mean": mean_old,
                "gain_new": mean_new[orig] - mean_new[adapted],
+               "gain_new_vs_initialised": (mean_new["initialised"] - mean_new[adapted]) if "initialised" in mean_new else None,
+               "new_nats_per_char": per_char,
                "forgetting_old": {n: mean_old[n] - mean_old[orig] for n in names}, "init": init}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False) + "\n")
     print(f"[mmbert adapt] report: {path}", flush=True)
     return path
+
+
+def per_character(evals: dict, init: dict | None, names: list[str], orig: str) -> dict[str, float]:
+    """Mean over new languages of loss × pieces/char, with the fertility of each checkpoint's tokenizer."""
+    if init is None:
+        return {}
+    fert = init["fertility"]
+    out = {}
+    for n in names:
+        key = "before" if n == orig else "after"
+        vals = [v * fert[lang][key] for lang, v in evals[n]["new"].items() if lang in fert]
+        out[n] = _mean(vals)
+    return out
 
 
 def _plot_curves(curves, path: Path) -> Path:
