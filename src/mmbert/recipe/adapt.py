@@ -462,11 +462,14 @@ def write_report(opts: AdaptOptions, cfg, replay: list[str], checkpoints: dict[s
                "loss (nats / masked token)")
     tps = [s["tokens_per_s"] for s in steps if s.get("tokens_per_s")]
     tok_s = sorted(tps)[len(tps) // 2] if tps else math.nan
+    # From the run's own records, so a second invocation (training already done) reports the real cost.
+    t_train = sum(s.get("step_s") or 0.0 for s in steps) + sum(e.get("eval_seconds") or 0.0 for e in events)
     orig, adapted = names[0], "adapted"
     md = [f"# `mmbert adapt` — `{out}`", "",
           f"Checkpoint `{opts.checkpoint}` adapted to **{', '.join(sorted(opts.languages))}** "
-          f"({len(replay)} replay languages at share {opts.replay}). Wall time **{t_total / 60:.1f} min** "
-          f"(training {t_train / 60:.1f} min, median {tok_s:,.0f} tokens/s) on this machine.", "",
+          f"({len(replay)} replay languages at share {opts.replay}). Training **{t_train / 60:.1f} min** (sum of the "
+          f"step and evaluation times in `train/metrics.jsonl`; median {tok_s:,.0f} tokens/s); this invocation "
+          f"{t_total / 60:.1f} min wall time, on this machine.", "",
           "## Phase", "",
           f"{opts.steps} steps, mask {opts.mask_ratio}, τ {opts.tau}, seq len {opts.seq_len}, batch {opts.batch_tokens} "
           f"tokens, LR {opts.lr:g} (warmup {opts.warmup:.0%}, linear decay to {opts.floor:g} × peak); "
