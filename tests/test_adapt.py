@@ -247,6 +247,15 @@ def test_adapt_end_to_end(setup, tmp_path):
     merged = MmBertForMaskedLM.from_pretrained(out / "merged-ties")
     adapted = MmBertForMaskedLM.from_pretrained(out / "train" / "adapt" / "final")
     assert merged.config.vocab_size == adapted.config.vocab_size == init["vocab_size"]["after"]
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(str(out / "train" / "adapt" / "final"),
+                                                           local_files_only=True).eval()
+    assert hf.config.vocab_size == adapted.config.vocab_size
+    ids = torch.tensor([[2, 10, adapted.config.vocab_size - 1, init["vocab_size"]["before"], 1]])
+    with torch.no_grad():
+        diff = (adapted(ids, attention_mask=torch.ones_like(ids)).logits
+                - hf(input_ids=ids, attention_mask=torch.ones_like(ids)).logits).abs()
+    assert diff.max() < 1e-4, f"max {diff.max():.2e} mean {diff.mean():.2e}"
     assert (out / "merged-linear" / "tokenizer.json").is_file()
     assert Tokenizer.from_file(out / "merged-linear").vocab_size == init["vocab_size"]["after"]
     cfg = (out / "train-config.yaml").read_text()

@@ -281,7 +281,7 @@ def _adapt(opts: AdaptOptions) -> Path:
     heldout_dir = opts.manifest.parent / "heldout"
     held = load_heldout_texts(heldout_dir, opts.languages + replay) if heldout_dir.is_dir() else {}
     new_held = {k: held[k] for k in opts.languages if k in held}
-    old_held = {k: held[k] for k in old_sample(replay, opts.eval_old_languages) if k in held}
+    old_held = {k: held[k] for k in old_sample([k for k in replay if k in held], opts.eval_old_languages)}
     if not new_held:
         print(f"[mmbert adapt] warning: no held-out text of the new languages in {heldout_dir}: "
               "the report cannot measure them", flush=True)
@@ -406,7 +406,7 @@ def train_config(opts: AdaptOptions, start: Path, replay: list[str]):
         "optimizer": {"lr": opts.lr},
         "eval": {"every": opts.eval_every, "mask_ratio": opts.eval_mask_ratio, "seq_len": opts.eval_seq_len,
                  "max_tokens_per_language": opts.eval_max_tokens,
-                 "languages": sorted(opts.languages) + old_sample(replay, opts.eval_old_languages)},
+                 "languages": sorted(opts.languages) + old_sample(replay, opts.eval_old_languages)},  # the trainer skips ids without held-out text
         "checkpoint": {"every": max(50, opts.steps // 4), "keep_last": 2},
         "phases": [{
             "name": "adapt", "steps": opts.steps, "languages": sorted(opts.languages) + replay,
