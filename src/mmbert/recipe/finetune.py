@@ -95,8 +95,11 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
         per_language, info = _train(task, checkpoint, train_ex, dev_ex, {"dev": dev_ex, **test_sets}, config, out,
                                     world, tokenizer)
         result = _results(task, config, files, columns, tsv_format, train_lang, per_language, info, started)
+        model = info["model"]  # what predict needs to encode as training did rides in config.json
+        model.config = model.config.replace(extra={**model.config.extra, "mmbert_finetune": {
+            "task": task, "max_length": config.max_length, "stride": config.stride}})
         if world.is_main:
-            _write_output(out, info["model"], info["tokenizer"], result)
+            _write_output(out, model, info["tokenizer"], result)
         barrier()
         return result
     finally:
@@ -106,9 +109,10 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
 def _train(task, checkpoint, train, dev, tests, config, out, world: World, tokenizer):
     kw = dict(tokenizer=tokenizer, config=config, out_dir=out, world=world, return_model=True)
     if task in ("classification", "regression"):
-        return finetune_classifier(checkpoint, train, dev, tests, regression=task == "regression", **kw)
+        return finetune_classifier(checkpoint, train, dev, tests, regression=task == "regression",
+                                   strict_labels=True, **kw)
     if task == "token-classification":
-        return finetune_tagger(checkpoint, train, dev, tests, **kw)
+        return finetune_tagger(checkpoint, train, dev, tests, strict_labels=True, **kw)
     return finetune_qa(checkpoint, train, dev, tests, **kw)
 
 
