@@ -55,6 +55,9 @@ def run(args) -> int:
         [] if args.checkpoint else ["CHECKPOINT"])
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
+    import sys
+
+    from mmbert.eval.finetune import FinetuneStopped
     from mmbert.recipe.finetune import finetune_job
 
     config = load_finetune_config(
@@ -65,9 +68,13 @@ def run(args) -> int:
     if args.batch_tokens and not any(o.startswith("micro_batch_tokens=") for o in args.overrides):
         config.micro_batch_tokens = min(config.micro_batch_tokens, args.batch_tokens)
     columns = {"text": args.text_column, "text_pair": args.text_pair_column, "label": args.label_column}
-    r = finetune_job(args.checkpoint, task=config.task, train=args.train, dev=args.dev, tests=args.test,
-                     out=args.out, config=config, columns=columns, tsv_format=args.tsv_format,
-                     train_language=args.train_language)
+    try:
+        r = finetune_job(args.checkpoint, task=config.task, train=args.train, dev=args.dev, tests=args.test,
+                         out=args.out, config=config, columns=columns, tsv_format=args.tsv_format,
+                         train_language=args.train_language)
+    except FinetuneStopped as e:  # a signal or a run of non-finite steps: resumable, not a traceback
+        print(f"mmbert finetune: {e}", file=sys.stderr)
+        return 130 if e.result.stopped == "signal" else 1
     p = r["primary"]
     print(f"dev {p}: {r['dev'][p]:.4f} (best step {r['training']['best_step']} of {r['training']['steps']})")
     for lang, m in sorted(r["test"].items()):

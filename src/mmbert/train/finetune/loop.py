@@ -109,7 +109,7 @@ class _Fit:
                                    grad_clip=cfg.grad_clip)
         optimizer = build_optimizer(ddp, opt_cfg)
         resumed = self._resume(ddp, optimizer)
-        metrics = MetricsLog(self.out_dir or Path("."), enabled=self.out_dir is not None and world.is_main)
+        metrics = self.metrics = MetricsLog(self.out_dir or Path("."), enabled=self.out_dir is not None and world.is_main)
         result = FitResult(steps=self.state["step"], total_steps=self.total, resumed_from=resumed)
         bar = Progress(cfg.progress and world.is_main, self.total, self.state["step"], self.task.name)
         ac = lambda: autocast(self.precision, world.device)  # noqa: E731
@@ -237,6 +237,7 @@ class _Fit:
         ckpt.save_checkpoint(path, ddp, optimizer, {**self.state, "total_steps": self.total}, None, self.tokenizer)
         if self.world.is_main:
             ckpt.prune(root, self.cfg.keep_last)
+        self.metrics.write({"event": "checkpoint", "step": self.state["step"], "path": str(path)})
         return path
 
     def _resume(self, ddp, optimizer) -> int | None:
