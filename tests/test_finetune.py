@@ -42,7 +42,8 @@ def hf_logits(out, texts=None, pairs=None, words=None, kind="seq"):
     cls = {"seq": transformers.AutoModelForSequenceClassification, "tok": transformers.AutoModelForTokenClassification,
            "qa": transformers.AutoModelForQuestionAnswering}[kind]
     model = cls.from_pretrained(out, local_files_only=True, attn_implementation="eager").eval()
-    enc = tok(texts, pairs, padding=True, return_tensors="pt") if pairs else tok(texts, padding=True, return_tensors="pt")
+    enc = tok(texts, pairs, padding=True, return_tensors="pt") if pairs else tok(texts, padding=True,
+                                                                                   return_tensors="pt")
     with torch.no_grad():
         o = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return enc, o
@@ -110,7 +111,8 @@ def test_predict_and_export_onnx(clf_run, tmp_path):
 
     enc, _ = hf_logits(out, ["the film was good", "it was a really bad and ugly story with music and plot"])
     sess = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    (logits,) = sess.run(["logits"], {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
+    feeds = {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()}
+    (logits,) = sess.run(["logits"], feeds)
     with torch.no_grad():
         ours = MmBertForSequenceClassification.from_pretrained(out)(enc["input_ids"], enc["attention_mask"]).logits
     assert_close(torch.from_numpy(logits), ours, 1e-4)
@@ -145,7 +147,8 @@ def test_serve_classify_refused_on_an_mlm_checkpoint(ckpt):
 
 
 def test_regression_jsonl(ckpt, tmp_path):
-    tr, te = write_polarity(tmp_path / "tr.jsonl", 240, 4, "jsonl"), write_polarity(tmp_path / "te.jsonl", 80, 5, "jsonl")
+    tr = write_polarity(tmp_path / "tr.jsonl", 240, 4, "jsonl")
+    te = write_polarity(tmp_path / "te.jsonl", 80, 5, "jsonl")
     out = tmp_path / "out"
     assert main(["finetune", str(ckpt), "--task", "regression", "--train", str(tr), "--test", f"eng={te}",
                  "--label-column", "score", "--out", str(out), "--lr", "2e-3", "--epochs", "10", *FAST]) == 0

@@ -137,3 +137,19 @@ def test_accumulated_micro_batches_equal_one_batch(data):
     worst = max(float((g1[k] - g3[k]).abs().max()) for k in g1)
     assert worst < 1e-6, worst
     assert float(g1["classifier.weight"].abs().max()) > 0
+
+
+def test_two_processes_follow_one(data, tmp_path):
+    """torchrun with 2 gloo ranks: the same global batches, the same per-step losses as one process."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ("--set", "log_every=1", "--max-steps", "6")
+    assert main(cmd(data, one, *extra)) == 0
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mmbert.cli",
+           *cmd(data, two, *extra)]
+    r = subprocess.run(run, env=env(1), cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    l1, l2 = ({x["step"]: x["loss"] for x in records(d) if "event" not in x} for d in (one, two))
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4, 5, 6]
+    diffs = [abs(l1[s] - l2[s]) for s in l1]
+    assert max(diffs) < 1e-5, f"max diff {max(diffs):.3g} mean {sum(diffs) / len(diffs):.3g}"
+    assert (two / "results.json").is_file() and (two / "config.json").is_file()

@@ -345,7 +345,8 @@ def table_format(path: str | Path) -> str:
     fmt = TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataFormatError(path, None, f"unknown file format {path.suffix or '(no suffix)'!r}; expected one of "
-                                          f"{sorted(TABLE_FORMATS)} (CoNLL and SQuAD JSON: --task token-classification / qa)")
+                                          f"{sorted(TABLE_FORMATS)} (CoNLL and SQuAD JSON: --task "
+                                          "token-classification / qa)")
     return fmt
 
 

@@ -42,7 +42,8 @@ class Predictor:
         self.model, self.tok, self.task = model.eval(), tokenizer, task
         self.max_length, self.stride, self.max_tokens = max_length, stride, max_tokens
         extra = model.config.extra
-        self.labels = [extra["id2label"][str(i)] for i in range(len(extra["id2label"]))] if "id2label" in extra else None
+        id2label = extra.get("id2label")
+        self.labels = [id2label[str(i)] for i in range(len(id2label))] if id2label else None
 
     @classmethod
     def load(cls, directory, device: str = "cpu", max_length: int | None = None) -> "Predictor":

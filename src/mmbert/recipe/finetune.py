@@ -19,6 +19,7 @@ directory, as ``run_glue.py`` / ``run_ner.py`` / ``run_qa.py`` users expect:
 
 Running the same command again on an unfinished OUT continues from its last checkpoint; on a finished OUT it
 is an error (choose another --out). Without ``--dev``, a seeded 10% of train is held out for early stopping.
+A ``--test`` file without ``LANG=`` (and no language in its name) is taken to be in the training language.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
     test_sets: dict[str, list] = {}
     for spec in tests or []:
         lang, path = parse_file_spec(spec)
-        lang = lang or path.stem
+        lang = lang or (train_lang if train_lang not in test_sets else path.stem)  # unnamed: the training language
         if lang in test_sets:
             raise ValueError(f"two --test files for language {lang!r}; give LANG=FILE for each")
         test_sets[lang] = read(path, lang)

@@ -176,5 +176,6 @@ def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                           **axes},
         )
-    config.replace(extra={**config.extra, "architectures": [arch if arch in TASK_HEADS else "ModernBertModel"]}).save(out)
+    arch = arch if arch in TASK_HEADS else "ModernBertModel"
+    config.replace(extra={**config.extra, "architectures": [arch]}).save(out)
     _save_tokenizer(checkpoint, out, max_length)

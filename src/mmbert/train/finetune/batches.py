@@ -58,7 +58,8 @@ def epoch_ends(lengths: list[int], seed: int, epochs: float, batch_tokens: int, 
     return ends
 
 
-def micro_batches(step: list[int], lengths: list[int], budget: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def micro_batches(step: list[int], lengths: list[int], budget: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
     """This rank's micro-batches (example indices) of one step."""
     groups = [[step[j] for j in g] for g in pack_by_tokens([lengths[i] for i in step], budget)]
     while len(groups) % world_size:

@@ -45,6 +45,7 @@ class FinetuneConfig:
     classifier_pooling: str | None = None  # classification: "cls" or "mean" (None = the checkpoint's config)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a progress bar with loss, dev metric and tokens/s
+    log_every: int = 10  # write a metrics.jsonl line every this many steps
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings a registered task may read
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def validate(cfg: FinetuneConfig, where: str) -> None:
         (cfg.classifier_pooling in (None, "cls", "mean"), "classifier_pooling", "must be cls or mean"),
         (cfg.max_bad_steps >= 1, "max_bad_steps", "must be >= 1"),
         (cfg.keep_last >= 1, "keep_last", "must be >= 1"),
+        (cfg.log_every >= 1, "log_every", "must be >= 1"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -36,7 +36,7 @@ from mmbert.train.finetune.batches import epoch_ends, micro_batches, plan
 from mmbert.train.finetune.config import FinetuneConfig
 from mmbert.train.metrics import MetricsLog, Progress
 from mmbert.train.optim import autocast, build_optimizer, resolve_precision, set_lr
-from mmbert.train.parallel import World, any_rank, broadcast_object, parallelize, unwrap
+from mmbert.train.parallel import World, any_rank, barrier, broadcast_object, parallelize, unwrap
 from mmbert.train.rundir import lock_run_dir
 from mmbert.train.schedule import lr_at
 from mmbert.train.step import optimizer_step
@@ -70,25 +70,25 @@ class FitResult:
 
 
 def fit(model: torch.nn.Module, features: list[dict], task, cfg: FinetuneConfig, out_dir: str | Path | None = None,
-        *, evaluate: Callable[[torch.nn.Module], float] | None = None, tokenizer=None, world: World | None = None,
-        log_every: int = 10) -> FitResult:
+        *, evaluate: Callable[[torch.nn.Module], float] | None = None, tokenizer=None, world: World | None = None
+        ) -> FitResult:
     """Train ``model`` (a fresh task model on the CPU) on ``features`` with ``task``; on return it holds the
     best dev weights (or the last ones without ``evaluate``), unwrapped, in eval mode."""
     if not features:
         raise ValueError("no training examples")
     world = world or World()
     if out_dir is None:
-        return _Fit(model, features, task, cfg, None, evaluate, tokenizer, world, log_every).run()
+        return _Fit(model, features, task, cfg, None, evaluate, tokenizer, world).run()
     out_dir = Path(out_dir)
     with lock_run_dir(out_dir, world):
-        return _Fit(model, features, task, cfg, out_dir, evaluate, tokenizer, world, log_every).run()
+        return _Fit(model, features, task, cfg, out_dir, evaluate, tokenizer, world).run()
 
 
 class _Fit:
-    def __init__(self, model, features, task, cfg, out_dir, evaluate, tokenizer, world, log_every):
+    def __init__(self, model, features, task, cfg, out_dir, evaluate, tokenizer, world):
         self.model, self.features, self.task, self.cfg = model, features, task, cfg
         self.out_dir, self.evaluate, self.tokenizer, self.world = out_dir, evaluate, tokenizer, world
-        self.log_every = log_every
+        self.log_every = cfg.log_every
         self.lengths = [task.length(f) for f in features]
         self.steps = plan(self.lengths, cfg.seed, cfg.epochs, cfg.batch_tokens, cfg.max_steps)
         self.total = len(self.steps)
@@ -109,7 +109,8 @@ class _Fit:
                                    grad_clip=cfg.grad_clip)
         optimizer = build_optimizer(ddp, opt_cfg)
         resumed = self._resume(ddp, optimizer)
-        metrics = self.metrics = MetricsLog(self.out_dir or Path("."), enabled=self.out_dir is not None and world.is_main)
+        on = self.out_dir is not None and world.is_main
+        metrics = self.metrics = MetricsLog(self.out_dir or Path("."), enabled=on)
         result = FitResult(steps=self.state["step"], total_steps=self.total, resumed_from=resumed)
         bar = Progress(cfg.progress and world.is_main, self.total, self.state["step"], self.task.name)
         ac = lambda: autocast(self.precision, world.device)  # noqa: E731
@@ -131,8 +132,9 @@ class _Fit:
                     self.state["step"] = s = s + 1
                     self.state["tokens"] += r.tokens
                     self.state["bad_steps"] = 0 if r.ok else self.state["bad_steps"] + 1
-                    rec = {"step": s, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": self.state["tokens"],
-                           "batch_tokens": r.tokens, "units": r.units, "tokens_per_s": r.tokens / dt}
+                    rec = {"step": s, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm,
+                           "tokens": self.state["tokens"], "batch_tokens": r.tokens, "units": r.units,
+                           "tokens_per_s": r.tokens / dt}
                     if not r.ok:
                         self.state["skipped"] += 1
                         metrics.write({"event": "skip", **rec, "bad_steps": self.state["bad_steps"]})
@@ -213,6 +215,7 @@ class _Fit:
             return
         if self.world.is_main:
             save_model_dir(self.out_dir / BEST, model, self.tokenizer)
+        barrier()  # other ranks may read it back at the end
 
     def _restore_best(self, ddp) -> None:
         if self.state["best_step"] == 0 or self.state["best_step"] == self.state["step"]:
