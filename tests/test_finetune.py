@@ -276,3 +276,35 @@ def test_label_order_is_stable():
 
     assert label_order(["b", "a", "b"]) == ["a", "b"]
     assert label_order(["10", "2", "1"]) == ["1", "2", "10"]
+
+
+def test_table_readers_agree_across_formats(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmbert.eval.loaders import read_text_examples
+
+    rows = [{"premise": "a, \"quoted\" text", "hyp": "b", "y": "yes"}, {"premise": "c", "hyp": "d\u00e9", "y": "no"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "t.tsv").write_text("premise\thyp\ty\n" + "".join(f"{r['premise']}\t{r['hyp']}\t{r['y']}\n"
+                                                                 for r in rows), encoding="utf-8")
+    (tmp_path / "t.csv").write_text('premise,hyp,y\n"a, ""quoted"" text",b,yes\nc,d\u00e9,no\n', encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    got = {s: read_text_examples(tmp_path / f"t.{s}", "premise", "hyp", "y") for s in ("jsonl", "tsv", "csv", "parquet")}
+    want = [(r["premise"], r["hyp"], r["y"]) for r in rows]
+    for suffix, examples in got.items():
+        assert [(e.text, e.text_pair, e.label) for e in examples] == want, suffix
+
+
+def test_corpus_task_splits_by_article(tmp_path):
+    from mmbert.corpus.tasks import write_classification_task
+
+    c = write_classification_task(tmp_path, "language", ["eng", "fra", "deu"])
+    assert c["labels"] == 3 and c["train"] > c["test"] > c["dev"] > 0
+    from mmbert.corpus import load_corpus
+
+    article = {(r.lang_id, r.text): r.article for r in load_corpus()}
+    for split, ok in (("train", lambda a: a < 23), ("dev", lambda a: a in (23, 24)), ("test", lambda a: a >= 25)):
+        rows = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+        assert rows and all(ok(article[(r["lang"], r["text"])]) for r in rows), split
+        assert {r["label"] for r in rows} == {"eng_Latn", "fra_Latn", "deu_Latn"}

@@ -21,17 +21,7 @@ from mmbert.model.batching import pack_by_tokens
 def plan_epoch(lengths: list[int], seed: int, epoch: int, batch_tokens: int) -> list[list[int]]:
     """Steps of one epoch: lists of example indices, each at most ``batch_tokens`` tokens (or one example)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    steps, cur, used = [], [], 0
-    for i in order:
-        if cur and used + lengths[i] > batch_tokens:
-            steps.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += lengths[i]
-    if cur:
-        steps.append(cur)
-    return steps
+    return pack_by_tokens(lengths, batch_tokens, order=torch.randperm(len(lengths), generator=g).tolist())
 
 
 def plan(lengths: list[int], seed: int, epochs: float, batch_tokens: int, max_steps: int | None) -> list[list[int]]:

@@ -1,10 +1,13 @@
 """Fine-tuning configuration: a YAML file and/or ``--set key=value`` overrides -> ``FinetuneConfig``.
 
 The building and checks are ``train.config``'s (unknown key -> an error naming it and the file; values
-typed; overrides parsed as YAML). Defaults follow the ModernBERT / mmBERT GLUE fine-tuning recipe as far
-as it is published: AdamW (betas 0.9 / 0.98, eps 1e-6), linear warmup over the first 6% of the steps, then
-linear decay to 0, a peak LR in their swept range (1e-5 .. 8e-5 for base models; tiny models need more),
-a few epochs with the best dev checkpoint kept. ``decay: inv_sqrt`` gives the 1-sqrt cooldown instead.
+typed; overrides parsed as YAML). Defaults follow the composer configs ModernBERT's (and mmBERT's) GLUE
+fine-tuning inherits from MosaicBERT: ``decoupled_adamw`` with betas (0.9, 0.98), eps 1e-6, weight decay
+1e-5; ``linear_decay_with_warmup`` with ``t_warmup: 0.06dur`` (6% linear warmup, then linear decay; we
+decay to 0 where some of those configs stop at ``alpha_f: 0.02``); gradient clipping at norm 1. The peak
+LR is swept per task in those papers (about 1e-5 .. 8e-5 for base models; 5e-5 here; a small model
+trained briefly wants 3e-4 .. 1e-3); a few epochs with the best dev checkpoint kept. ``decay: inv_sqrt``
+gives the 1-sqrt cooldown instead.
 """
 
 from __future__ import annotations
