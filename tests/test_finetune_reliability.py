@@ -71,6 +71,14 @@ def test_kill_9_then_the_same_command_matches_an_uninterrupted_run(data, tmp_pat
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
+def test_resume_with_other_settings_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(cmd(data, out, "--set", "max_bad_steps=1", "--set", "lr=1e9")) == 1  # diverges, checkpoints, stops
+    capsys.readouterr()
+    assert main(cmd(data, out, "--set", "max_bad_steps=1", "--set", "lr=1e-3")) == 1
+    assert "written with other settings (lr differ)" in capsys.readouterr().err
+
+
 class NanAt:
     """The classification task with a NaN loss on the given 1-based steps (one micro-batch per step)."""
 

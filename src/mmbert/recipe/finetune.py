@@ -96,6 +96,7 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
         per_language, info = _train(task, checkpoint, train_ex, dev_ex, {"dev": dev_ex, **test_sets}, config, out,
                                     world, tokenizer)
         result = _results(task, config, files, columns, tsv_format, train_lang, per_language, info, started)
+        result["checkpoint"] = str(checkpoint)
         model = info["model"]  # what predict needs to encode as training did rides in config.json
         model.config = model.config.replace(extra={**model.config.extra, "mmbert_finetune": {
             "task": task, "max_length": config.max_length, "stride": config.stride}})
@@ -130,7 +131,7 @@ def _results(task, config, files, columns, tsv_format, train_lang, per_language,
                      "mean_other_languages": mean, "other_languages": others}
     fit = info["fit"]
     return {
-        "task": task, "primary": primary, "checkpoint": str(info.get("checkpoint", "")),
+        "task": task, "primary": primary, "checkpoint": None,
         "config": config.to_dict(),
         "data": {"files": {k: {"path": str(p), "sha256": file_sha256(Path(p))} for k, p in files.items()},
                  "columns": columns, "tsv_format": tsv_format, "train_language": train_lang,

@@ -237,7 +237,8 @@ class _Fit:
             return None
         root = self.out_dir / CHECKPOINTS
         path = ckpt.step_dir(root, self.state["step"])
-        ckpt.save_checkpoint(path, ddp, optimizer, {**self.state, "total_steps": self.total}, None, self.tokenizer)
+        state = {**self.state, "total_steps": self.total, "config": _resume_key(self.cfg)}
+        ckpt.save_checkpoint(path, ddp, optimizer, state, None, self.tokenizer)
         if self.world.is_main:
             ckpt.prune(root, self.cfg.keep_last)
         self.metrics.write({"event": "checkpoint", "step": self.state["step"], "path": str(path)})
@@ -253,6 +254,10 @@ class _Fit:
         if saved.get("total_steps") != self.total:
             raise ValueError(f"{start}: written by a run of {saved.get('total_steps')} steps, this one plans "
                              f"{self.total}: the data or the config changed; use another --out")
+        if saved.get("config", _resume_key(self.cfg)) != _resume_key(self.cfg):
+            changed = sorted(k for k, v in _resume_key(self.cfg).items() if saved["config"].get(k) != v)
+            raise ValueError(f"{start}: written with other settings ({', '.join(changed)} differ); run the same "
+                             "command to continue, or use another --out")
         ckpt.load_model_weights(start, ddp)
         ckpt.load_optimizer(start, ddp, optimizer)
         ckpt.restore_rank_state(saved, self.world.rank, self.world.world_size)
@@ -280,6 +285,11 @@ class _Fit:
         result.history = [tuple(h) for h in st["history"]]
         result.early_stopped = st["early_stopped"]
         return result
+
+
+def _resume_key(cfg: FinetuneConfig) -> dict:
+    """The settings a resume must share with the run it continues (not the display / device ones)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device", "log_every")}
 
 
 def _warmup_share(cfg: FinetuneConfig, total: int) -> float:
