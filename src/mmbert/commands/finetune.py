@@ -1,0 +1,79 @@
+"""``mmbert finetune CKPT --task TASK --train FILE [--dev FILE] [--test [LANG=]FILE ...] --out DIR``
+
+    mmbert finetune ckpt/ --task classification --train train.csv --text-column sentence --label-column label --out m/
+    mmbert finetune ckpt/ --task classification --train en=mnli.tsv --tsv-format mnli --test de=xnli.de.tsv ... --out m/
+    mmbert finetune ckpt/ --task token-classification --train train.conll --dev dev.conll --out ner/
+    mmbert finetune ckpt/ --task qa --train squad.json --test sw=tydiqa.sw.json --out qa/ --set max_length=384
+
+Settings come from ``--config YAML`` (``FinetuneConfig`` fields), then the flags below, then ``--set k=v``;
+``--help-config`` lists every field. Interrupted (Ctrl-C, SIGTERM, kill -9), the same command continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="the checkpoint to start from (a directory with a tokenizer)")
+    p.add_argument("--task", help="classification | regression | token-classification | qa")
+    p.add_argument("--train", help="training file ([LANG=]FILE): CSV/TSV/JSONL/parquet, CoNLL, SQuAD JSON")
+    p.add_argument("--dev", help="dev file for evaluation and early stopping (default: a seeded 10%% of train)")
+    p.add_argument("--test", nargs="+", default=[], metavar="[LANG=]FILE",
+                   help="test file(s), one per language: the zero-shot table is written for them")
+    p.add_argument("--out", help="output directory: the task model (transformers layout) + results.json")
+    p.add_argument("--config", help="YAML with FinetuneConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. lr=3e-5 (repeatable)")
+    p.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    cols = p.add_argument_group("columns (CSV/TSV/JSONL/parquet)")
+    cols.add_argument("--text-column", default="text")
+    cols.add_argument("--text-pair-column", default=None, help="second text of a pair (NLI)")
+    cols.add_argument("--label-column", default="label")
+    cols.add_argument("--tsv-format", help="read GLUE/XNLI TSVs in their own layout: sst2, cola, mnli, xnli, ...")
+    p.add_argument("--train-language", help="the language trained on (default: LANG= of --train, else und)")
+    ft = p.add_argument_group("common settings (shortcuts for --set)")
+    ft.add_argument("--lr", type=float)
+    ft.add_argument("--epochs", type=float)
+    ft.add_argument("--max-steps", type=int)
+    ft.add_argument("--batch-tokens", type=int)
+    ft.add_argument("--max-length", type=int)
+    ft.add_argument("--eval-every", type=int)
+    ft.add_argument("--patience", type=int)
+    ft.add_argument("--seed", type=int)
+    ft.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from mmbert.train.finetune.config import describe, load_finetune_config
+
+    if args.help_config:
+        print(describe())
+        return 0
+    missing = [f"--{n}" for n in ("task", "train", "out") if not getattr(args, n)] + (
+        [] if args.checkpoint else ["CHECKPOINT"])
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    from mmbert.recipe.finetune import finetune_job
+
+    config = load_finetune_config(
+        args.config, args.overrides, task=args.task, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
+        batch_tokens=args.batch_tokens, max_length=args.max_length, eval_every=args.eval_every,
+        patience=args.patience, seed=args.seed, precision=args.precision,
+        progress=False if args.no_progress else None)
+    if args.batch_tokens and not any(o.startswith("micro_batch_tokens=") for o in args.overrides):
+        config.micro_batch_tokens = min(config.micro_batch_tokens, args.batch_tokens)
+    columns = {"text": args.text_column, "text_pair": args.text_pair_column, "label": args.label_column}
+    r = finetune_job(args.checkpoint, task=config.task, train=args.train, dev=args.dev, tests=args.test,
+                     out=args.out, config=config, columns=columns, tsv_format=args.tsv_format,
+                     train_language=args.train_language)
+    p = r["primary"]
+    print(f"dev {p}: {r['dev'][p]:.4f} (best step {r['training']['best_step']} of {r['training']['steps']})")
+    for lang, m in sorted(r["test"].items()):
+        print(f"test {lang}: {p} {m[p]:.4f}")
+    z = r["zero_shot"]
+    if z and z["mean_other_languages"] is not None:
+        print(f"mean over {len(z['other_languages'])} language(s) not trained on: {z['mean_other_languages']:.4f}")
+    print(f"model and results in {args.out}")
+    return 0
