@@ -21,6 +21,7 @@ plugs into the shared loop (``train/finetune``) and step (``train/step.py``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,16 @@ class EmbeddingSettings:
             bad = [d for d in self.matryoshka_dims if not 1 <= d <= hidden_size]
             if bad:
                 raise ValueError(f"matryoshka_dims {bad} are outside [1, {hidden_size}] (the model's hidden size)")
+
+    @classmethod
+    def from_extra(cls, extra: dict, where: str = "<config>") -> "EmbeddingSettings":
+        """From ``FinetuneConfig.extra`` (YAML ``extra:`` / ``--set extra.KEY=V``); an unknown key is an error."""
+        from mmbert.train.config import _build
+
+        return _build(cls, dict(extra or {}), "extra", where)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def loss(self) -> ContrastiveLoss:
         weights = tuple(self.matryoshka_weights) if self.matryoshka_weights is not None else None
