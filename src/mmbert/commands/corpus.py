@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pairs.add_argument("--corpus", help="corpus file (default: the shipped one)")
     pairs.add_argument("--pivot", default="eng_Latn", help="the version every positive comes from (default eng_Latn)")
     pairs.add_argument("--languages", nargs="+", help="versions (ids or ISO 639-3 codes) to pair (default: all)")
+    pairs.add_argument("--dev-versions", type=int, default=128,
+                       help="versions in the dev split, a seeded sample (default 128; 0 = all)")
     info = sub.add_parser("info", help="languages, characters and coverage of mmBERT's languages")
     info.add_argument("--corpus", help="corpus file (default: the shipped one)")
 
@@ -59,7 +61,8 @@ def _pairs(args: argparse.Namespace) -> int:
     from mmbert.corpus import load_corpus
     from mmbert.corpus.pairs import DEV_ARTICLES, TRAIN_ARTICLES, write_pairs
 
-    paths = write_pairs(args.out, load_corpus(args.corpus), pivot=args.pivot, languages=args.languages)
+    paths = write_pairs(args.out, load_corpus(args.corpus), pivot=args.pivot, languages=args.languages,
+                        dev_versions=args.dev_versions or None)
     for split, articles in (("train", TRAIN_ARTICLES), ("dev", DEV_ARTICLES)):
         with open(paths[split], encoding="utf-8") as f:
             n = sum(1 for _ in f)

@@ -7,7 +7,7 @@ version, English by default (``positive``): the bitext-mining shape that ``udhr-
 
 Splits never touch the held-out articles 25-30 (``split.HELDOUT_ARTICLES``), on which ``udhr-bitext`` is
 measured: ``train`` holds articles 1-20, ``dev`` articles 21-24 (four candidates per anchor in a dev
-retrieval, chance 25%). The preamble (article 0) is left out. Every version except the pivot contributes
+retrieval, chance 25%), for a seeded sample of 128 versions (``--dev-versions``). The preamble (article 0) is left out. Every version except the pivot contributes
 each article it shares with the pivot; a batch that holds two pairs of one article would hold the pivot's
 text twice, which the no-duplicates batching of the embedding task prevents, so in-batch negatives are
 never translations of the anchor.
@@ -16,6 +16,7 @@ never translations of the anchor.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Iterable
 
@@ -25,6 +26,7 @@ from mmbert.corpus.split import HELDOUT_ARTICLES
 PIVOT = "eng_Latn"
 TRAIN_ARTICLES = tuple(range(1, 21))
 DEV_ARTICLES = tuple(range(21, 25))
+DEV_VERSIONS = 128  # dev pairs: a seeded sample of versions (4 x 128 = 512 anchors, seconds per evaluation)
 
 
 def translation_pairs(records: list[Record], articles: Iterable[int], pivot: str = PIVOT,
@@ -52,8 +54,10 @@ def translation_pairs(records: list[Record], articles: Iterable[int], pivot: str
 
 def write_pairs(out_dir: str | Path, records: list[Record] | None = None, *, pivot: str = PIVOT,
                 train_articles: Iterable[int] = TRAIN_ARTICLES, dev_articles: Iterable[int] = DEV_ARTICLES,
-                languages: Iterable[str] | None = None) -> dict[str, Path]:
-    """``DIR/train.jsonl`` and ``DIR/dev.jsonl``; returns {split: path}."""
+                languages: Iterable[str] | None = None, dev_versions: int | None = DEV_VERSIONS,
+                seed: int = 0) -> dict[str, Path]:
+    """``DIR/train.jsonl`` and ``DIR/dev.jsonl``; returns {split: path}. The dev split holds a seeded sample of
+    ``dev_versions`` versions (None: all), since the dev metric runs at every evaluation of a training run."""
     records = load_corpus() if records is None else records
     train_articles, dev_articles = tuple(train_articles), tuple(dev_articles)
     overlap = sorted(set(train_articles) & set(dev_articles))
@@ -65,6 +69,10 @@ def write_pairs(out_dir: str | Path, records: list[Record] | None = None, *, piv
     paths = {}
     for split, articles in (("train", train_articles), ("dev", dev_articles)):
         rows = translation_pairs(records, articles, pivot, languages)
+        versions = sorted({r["lang"] for r in rows})
+        if split == "dev" and dev_versions is not None and len(versions) > dev_versions:
+            keep = set(random.Random(seed).sample(versions, dev_versions))
+            rows = [r for r in rows if r["lang"] in keep]
         if not rows:
             raise ValueError(f"no {split} pairs (articles {list(articles)}, languages {languages})")
         path = out / f"{split}.jsonl"
