@@ -70,6 +70,9 @@ def run(args) -> int:
         [] if args.checkpoint else ["CHECKPOINT"])
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
+    import sys
+
+    from mmbert.eval.finetune import FinetuneStopped
     from mmbert.recipe.finetune import finetune_job
 
     extra = {"batch_size": args.batch_size, "scale": args.scale, "matryoshka_dims": args.matryoshka_dims,
@@ -86,9 +89,13 @@ def run(args) -> int:
     if config.task == "embedding":
         columns = {"anchor": args.anchor_column, "positive": args.positive_column,
                    "negatives": args.negative_columns}
-    r = finetune_job(args.checkpoint, task=config.task, train=args.train, dev=args.dev, tests=args.test,
-                     out=args.out, config=config, columns=columns, tsv_format=args.tsv_format,
-                     train_language=args.train_language)
+    try:
+        r = finetune_job(args.checkpoint, task=config.task, train=args.train, dev=args.dev, tests=args.test,
+                         out=args.out, config=config, columns=columns, tsv_format=args.tsv_format,
+                         train_language=args.train_language)
+    except FinetuneStopped as e:  # a signal or a run of non-finite steps: resumable, not a traceback
+        print(f"mmbert finetune: {e}", file=sys.stderr)
+        return 130 if e.result.stopped == "signal" else 1
     p = r["primary"]
     print(f"dev {p}: {r['dev'][p]:.4f} (best step {r['training']['best_step']} of {r['training']['steps']})")
     for lang, m in sorted(r["test"].items()):

@@ -14,6 +14,7 @@ labels in sorted order (numerically when they are integers), saved as ``id2label
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from mmbert.eval.finetune import (
 from mmbert.eval.loaders import TSV_FORMATS, TextExample, TsvFormat, parse_file_spec, read_tsv
 from mmbert.eval.metrics import classification_scores, regression_scores
 from mmbert.model import MmBertForSequenceClassification
+
+log = logging.getLogger(__name__)
 
 
 def split_dev(examples: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
@@ -62,20 +65,24 @@ def _number(label: str) -> float:
         raise ValueError(f"regression label {label!r} is not a number") from None
 
 
-def check_labels(labels: list[str], splits: dict[str, list[TextExample]]) -> None:
-    """A dev / test label that training never saw is an error (it could never be predicted)."""
+def check_labels(labels: list[str], splits: dict[str, list[TextExample]], strict: bool = True) -> None:
+    """A dev / test label that training never saw (it could never be predicted): an error, or with
+    ``strict=False`` for test sets a warning (scored as misses)."""
     known = set(labels)
     for name, examples in splits.items():
         unknown = sorted({e.label for e in examples} - known)
         if unknown:
-            raise ValueError(f"{name} labels {unknown[:5]} never occur in the training data")
+            message = f"{name} labels {unknown[:5]} never occur in the training data"
+            if strict or name == "dev":
+                raise ValueError(message)
+            log.warning("%s: they are scored as misses", message)
 
 
 def finetune_classifier(checkpoint, train: list[TextExample], dev: list[TextExample],
                         tests: dict[str, list[TextExample]], *, tokenizer=None, config: FinetuneConfig | None = None,
                         positive: str | None = None, primary: str = "accuracy", return_predictions: bool = False,
-                        regression: bool = False, out_dir=None, world=None, return_model: bool = False
-                        ) -> tuple[dict, dict]:
+                        regression: bool = False, out_dir=None, world=None, return_model: bool = False,
+                        strict_labels: bool = False) -> tuple[dict, dict]:
     """Fine-tune on ``train`` (early stopping on ``dev``'s ``primary``), score each language of ``tests``.
     Returns (per-language metrics, training info); the info holds ``predictions`` per language on request
     and the trained ``model`` with ``return_model``. ``regression``: one output, MSE, Pearson/Spearman
@@ -86,7 +93,7 @@ def finetune_classifier(checkpoint, train: list[TextExample], dev: list[TextExam
     if regression and primary == "accuracy":
         primary = "pearson"
     if labels is not None:
-        check_labels(labels, {"dev": dev, **{f"test ({k})": v for k, v in tests.items()}})
+        check_labels(labels, {"dev": dev, **{f"test ({k})": v for k, v in tests.items()}}, strict_labels)
     label_id = None if labels is None else {lab: i for i, lab in enumerate(labels)}
     torch.manual_seed(config.seed)  # the new classifier's initialisation
     model = task_model(MmBertForSequenceClassification, checkpoint, labels,

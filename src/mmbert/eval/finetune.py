@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from mmbert.model.batching import pack_by_tokens
 from mmbert.train.finetune import FinetuneConfig, fit, get_task
 
-__all__ = ["FinetuneConfig", "FinetuneStopped", "config_with", "fit", "fit_summary", "get_task", "label_fields", "label_order",
-           "run_unpadded", "task_model"]
+__all__ = ["FinetuneConfig", "FinetuneStopped", "config_with", "fit", "fit_summary", "get_task", "label_fields",
+           "label_order", "run_unpadded", "task_model"]
 
 
 def config_with(base: FinetuneConfig | None = None, **values) -> FinetuneConfig:
@@ -55,7 +55,8 @@ def label_fields(labels: list[str] | None) -> dict:
 
 
 @torch.inference_mode()
-def run_unpadded(model, seqs: list[list[int]], max_tokens: int = 8192) -> Iterator[tuple[list[int], object, torch.Tensor]]:
+def run_unpadded(model, seqs: list[list[int]], max_tokens: int = 8192
+                 ) -> Iterator[tuple[list[int], object, torch.Tensor]]:
     """Forward ``seqs`` in token-budgeted unpadded batches: yields (indices into ``seqs``, the model's output,
     cu_seqlens) per batch. No compute on pads."""
     device = next(model.parameters()).device

@@ -310,18 +310,25 @@ def read_bitext_tsv(path: str | Path) -> list[tuple[str, str]]:
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    return [{k: str(v) if k == "_id" else v for k, v in d.items()} for _, d in _jsonl_rows(path, required)]
+
+
+def _jsonl_rows(path: Path, required: tuple[str, ...], lines: list[str] | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) per non-blank line; each must be a JSON object holding ``required``."""
     out = []
-    for n, line in enumerate(_read_lines(path), start=1):
+    for n, line in enumerate(_read_lines(path) if lines is None else lines, start=1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataFormatError(path, n, f"not valid JSON: {e.msg}") from None
+        if not isinstance(d, dict):
+            raise DataFormatError(path, n, f"expected a JSON object, got {type(d).__name__}")
         missing = [k for k in required if k not in d]
         if missing:
-            raise DataFormatError(path, n, f"missing field(s) {missing}")
-        out.append({k: str(v) if k == "_id" else v for k, v in d.items()})
+            raise DataFormatError(path, n, f"missing field(s) {missing}; the line has {sorted(d)}")
+        out.append((n, d))
     return out
 
 
@@ -345,7 +352,8 @@ def table_format(path: str | Path) -> str:
     fmt = TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataFormatError(path, None, f"unknown file format {path.suffix or '(no suffix)'!r}; expected one of "
-                                          f"{sorted(TABLE_FORMATS)} (CoNLL and SQuAD JSON: --task token-classification / qa)")
+                                          f"{sorted(TABLE_FORMATS)} (CoNLL and SQuAD JSON: --task "
+                                          "token-classification / qa)")
     return fmt
 
 
@@ -372,21 +380,7 @@ def read_rows(path: str | Path, columns: list[str]) -> list[tuple[int, dict]]:
     if fmt == "txt":
         return [(n, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip()]
     if fmt == "jsonl":
-        out = []
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, n, f"not valid JSON: {e.msg}") from None
-            if not isinstance(d, dict):
-                raise DataFormatError(path, n, f"expected a JSON object, got {type(d).__name__}")
-            missing = [c for c in columns if c not in d]
-            if missing:
-                raise DataFormatError(path, n, f"missing field(s) {missing}; the line has {sorted(d)}")
-            out.append((n, d))
-        return out
+        return _jsonl_rows(path, tuple(columns), lines)
     import csv
 
     if fmt == "tsv":  # no quoting, as GLUE's own TSV readers

@@ -103,9 +103,10 @@ def finetune_qa(checkpoint, train: list[QAExample], dev: list[QAExample], tests:
     return per_language, info
 
 
-def predict_answers(model, tok, examples: list[QAExample], max_length: int, stride: int, max_answer_tokens: int = 30
-                    ) -> tuple[dict[str, str], dict[str, tuple[int, int] | None]]:
-    """(answer text, character span in the context) per question id: the best span over all its windows."""
+def predict_answers(model, tok, examples: list[QAExample], max_length: int, stride: int, max_answer_tokens: int = 30,
+                    with_scores: bool = False):
+    """(answer text, character span in the context) per question id: the best span over all its windows;
+    ``with_scores`` adds the span scores (start + end logit)."""
     bos, eos, _ = special_ids(tok, model.config)
     feats = [f for e in examples for f in windows(tok, e, max_length, stride, bos=bos, eos=eos)]
     best: dict[str, tuple[float, tuple[int, int] | None]] = {e.id: (float("-inf"), None) for e in examples}
@@ -118,7 +119,10 @@ def predict_answers(model, tok, examples: list[QAExample], max_length: int, stri
                 best[f["example_id"]] = cand
     context = {e.id: e.context for e in examples}
     spans = {qid: span for qid, (_, span) in best.items()}
-    return {qid: context[qid][s[0]:s[1]].strip() if s else "" for qid, s in spans.items()}, spans
+    texts = {qid: context[qid][s[0]:s[1]].strip() if s else "" for qid, s in spans.items()}
+    if with_scores:
+        return texts, spans, {qid: score for qid, (score, _) in best.items()}
+    return texts, spans
 
 
 def run_qa(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=None, config=None,

@@ -9,6 +9,7 @@ train on one language's file, test on the others.
 from __future__ import annotations
 
 import bisect
+import logging
 
 import torch
 
@@ -27,6 +28,8 @@ from mmbert.eval.finetune import (
 from mmbert.eval.loaders import TokenExample, parse_file_spec, read_conll
 from mmbert.eval.metrics import entity_scores
 from mmbert.model import MmBertForTokenClassification
+
+log = logging.getLogger(__name__)
 
 
 def align(tok, words: tuple[str, ...], max_length: int, bos: int, eos: int) -> tuple[list[int], list[int]]:
@@ -62,14 +65,19 @@ def tag_features(tok, examples: list[TokenExample], label_id: dict[str, int], ma
 def finetune_tagger(checkpoint, train: list[TokenExample], dev: list[TokenExample],
                     tests: dict[str, list[TokenExample]], *, tokenizer=None,
                     config: FinetuneConfig | None = None, out_dir=None, world=None,
-                    return_model: bool = False) -> tuple[dict, dict]:
+                    return_model: bool = False, strict_labels: bool = False) -> tuple[dict, dict]:
+    """Fine-tune a tagger; dev / test tags unseen in training are an error with ``strict_labels`` (the
+    product), else a warning (benchmarks scored zero-shot on another tag set count them as misses)."""
     config = config or FinetuneConfig()
     tok = load_tokenizer(checkpoint, tokenizer)
     labels = label_order(t for e in train for t in e.tags)
     for name, examples in {"dev": dev, **{f"test ({k})": v for k, v in tests.items()}}.items():
         unknown = sorted({t for e in examples for t in e.tags} - set(labels))
         if unknown:
-            raise ValueError(f"{name} tags {unknown[:5]} never occur in the training data")
+            message = f"{name} tags {unknown[:5]} never occur in the training data"
+            if strict_labels:
+                raise ValueError(message)
+            log.warning("%s: they are scored as misses", message)
     label_id = {lab: i for i, lab in enumerate(labels)}
     torch.manual_seed(config.seed)
     model = task_model(MmBertForTokenClassification, checkpoint, labels)

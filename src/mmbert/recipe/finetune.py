@@ -19,6 +19,7 @@ directory, as ``run_glue.py`` / ``run_ner.py`` / ``run_qa.py`` users expect:
 
 Running the same command again on an unfinished OUT continues from its last checkpoint; on a finished OUT it
 is an error (choose another --out). Without ``--dev``, a seeded 10% of train is held out for early stopping.
+A ``--test`` file without ``LANG=`` (and no language in its name) is taken to be in the training language.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
     test_sets: dict[str, list] = {}
     for spec in tests or []:
         lang, path = parse_file_spec(spec)
-        lang = lang or path.stem
+        lang = lang or (train_lang if train_lang not in test_sets else path.stem)  # unnamed: the training language
         if lang in test_sets:
             raise ValueError(f"two --test files for language {lang!r}; give LANG=FILE for each")
         test_sets[lang] = read(path, lang)
@@ -102,8 +103,12 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
         per_language, info = _train(task, checkpoint, train_ex, dev_ex, {"dev": dev_ex, **test_sets}, config, out,
                                     world, tokenizer)
         result = _results(task, config, files, columns, tsv_format, train_lang, per_language, info, started)
+        result["checkpoint"] = str(checkpoint)
+        model = info["model"]  # what predict needs to encode as training did rides in config.json
+        model.config = model.config.replace(extra={**model.config.extra, "mmbert_finetune": {
+            "task": task, "max_length": config.max_length, "stride": config.stride}})
         if world.is_main:
-            _write_output(out, info["model"], info["tokenizer"], result)
+            _write_output(out, model, info["tokenizer"], result)
         barrier()
         return result
     finally:
@@ -113,9 +118,10 @@ def finetune_job(checkpoint, *, task: str, train, out, dev=None, tests=(), confi
 def _train(task, checkpoint, train, dev, tests, config, out, world: World, tokenizer):
     kw = dict(tokenizer=tokenizer, config=config, out_dir=out, world=world, return_model=True)
     if task in ("classification", "regression"):
-        return finetune_classifier(checkpoint, train, dev, tests, regression=task == "regression", **kw)
+        return finetune_classifier(checkpoint, train, dev, tests, regression=task == "regression",
+                                   strict_labels=True, **kw)
     if task == "token-classification":
-        return finetune_tagger(checkpoint, train, dev, tests, **kw)
+        return finetune_tagger(checkpoint, train, dev, tests, strict_labels=True, **kw)
     if task == "embedding":
         return finetune_embedding(checkpoint, train, dev, tests, **kw)
     return finetune_qa(checkpoint, train, dev, tests, **kw)
@@ -134,7 +140,7 @@ def _results(task, config, files, columns, tsv_format, train_lang, per_language,
                      "mean_other_languages": mean, "other_languages": others}
     fit = info["fit"]
     return {
-        "task": task, "primary": primary, "checkpoint": str(info.get("checkpoint", "")),
+        "task": task, "primary": primary, "checkpoint": None,
         "config": config.to_dict(),
         "data": {"files": {k: {"path": str(p), "sha256": file_sha256(Path(p))} for k, p in files.items()},
                  "columns": columns, "tsv_format": tsv_format, "train_language": train_lang,

@@ -10,8 +10,10 @@
 - ``onnx``: ``model.onnx`` for the embedding model, traced on the dense padded path (``unpad = False``: no
   data-dependent Python loops) with torch's legacy exporter (``dynamo=False``, opset 17), dynamic batch and
   sequence axes. Inputs ``input_ids``, ``attention_mask`` (int64, (B, T)); outputs ``last_hidden_state``
-  (B, T, H; zeros at pads) and ``sentence_embedding`` (B, H; mean-pooled, L2-normalised). The tokenizer
-  files sit beside it.
+  (B, T, H; zeros at pads) and ``sentence_embedding`` (B, H; mean-pooled, L2-normalised). A fine-tuned task
+  model (``mmbert finetune``; config.json's architecture) exports its head's outputs instead: ``logits``
+  (sequence classification (B, C), token classification (B, T, C)) or ``start_logits`` / ``end_logits`` (QA,
+  (B, T)). The tokenizer files sit beside it.
 Writes go to a temporary sibling directory renamed into place, so a failed export leaves nothing half-done.
 """
 
@@ -26,7 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbert.model import CheckpointError, ModelConfig, MmBertForMaskedLM, MmBertModel, mean_pool
+from mmbert.model import (
+    CheckpointError,
+    ModelConfig,
+    MmBertForMaskedLM,
+    MmBertForQuestionAnswering,
+    MmBertForSequenceClassification,
+    MmBertForTokenClassification,
+    MmBertModel,
+    mean_pool,
+)
 from mmbert.model.checkpoint import atomic_directory_write
 from mmbert.model.st_layout import read_embedding_info, write_sentence_transformers_files
 from mmbert.serve.encoder import load_tokenizer
@@ -100,10 +111,38 @@ class OnnxEmbedding(nn.Module):
         return hidden, F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, H)
 
 
+class OnnxTask(nn.Module):
+    """(input_ids, attention_mask) -> a fine-tuned head's outputs (``logits``, or QA's start / end logits)
+    on the dense padded path."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.model.model.unpad = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(input_ids, attention_mask)
+        return (out.start_logits, out.end_logits) if hasattr(out, "start_logits") else out.logits
+
+
+TASK_HEADS = {"ModernBertForSequenceClassification": MmBertForSequenceClassification,
+              "ModernBertForTokenClassification": MmBertForTokenClassification,
+              "ModernBertForQuestionAnswering": MmBertForQuestionAnswering}
+
+
 def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
-    module = OnnxEmbedding(MmBertModel.from_pretrained(checkpoint)).eval()
     # Example long enough to cross a local window and with a padded row, so no branch is traced away.
     config = ModelConfig.load(checkpoint)
+    arch = (config.extra.get("architectures") or [""])[0]
+    if arch in TASK_HEADS:  # a fine-tuned task model: export what it predicts
+        module = OnnxTask(TASK_HEADS[arch].from_pretrained(checkpoint)).eval()
+        names = ["start_logits", "end_logits"] if arch.endswith("QuestionAnswering") else ["logits"]
+        axes = {n: {0: "batch"} if arch.endswith("SequenceClassification") else {0: "batch", 1: "sequence"}
+                for n in names}
+    else:
+        module = OnnxEmbedding(MmBertModel.from_pretrained(checkpoint)).eval()
+        names = ["last_hidden_state", "sentence_embedding"]
+        axes = {"last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}}
     t = min(config.local_attention + 8, config.max_position_embeddings)
     ids = torch.randint(5, config.vocab_size, (2, t), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, t, dtype=torch.long)
@@ -113,9 +152,10 @@ def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
         warnings.simplefilter("ignore")  # deprecation and tracer warnings of the legacy exporter
         torch.onnx.export(
             module, (ids, mask), str(out / "model.onnx"), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state", "sentence_embedding"],
+            input_names=["input_ids", "attention_mask"], output_names=names,
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}},
+                          **axes},
         )
-    config.replace(extra={**config.extra, "architectures": ["ModernBertModel"]}).save(out)
+    arch = arch if arch in TASK_HEADS else "ModernBertModel"
+    config.replace(extra={**config.extra, "architectures": [arch]}).save(out)
     _save_tokenizer(checkpoint, out, max_length)

@@ -23,17 +23,7 @@ from mmbert.model.batching import pack_by_tokens
 def plan_epoch(lengths: list[int], seed: int, epoch: int, batch_tokens: int) -> list[list[int]]:
     """Steps of one epoch: lists of example indices, each at most ``batch_tokens`` tokens (or one example)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    steps, cur, used = [], [], 0
-    for i in order:
-        if cur and used + lengths[i] > batch_tokens:
-            steps.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += lengths[i]
-    if cur:
-        steps.append(cur)
-    return steps
+    return pack_by_tokens(lengths, batch_tokens, order=torch.randperm(len(lengths), generator=g).tolist())
 
 
 def plan(lengths: list[int], seed: int, epochs: float, batch_tokens: int, max_steps: int | None,
@@ -66,7 +56,8 @@ def epoch_ends(lengths: list[int], seed: int, epochs: float, batch_tokens: int, 
     return ends
 
 
-def micro_batches(step: list[int], lengths: list[int], budget: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def micro_batches(step: list[int], lengths: list[int], budget: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
     """This rank's micro-batches (example indices) of one step."""
     groups = [[step[j] for j in g] for g in pack_by_tokens([lengths[i] for i in step], budget)]
     while len(groups) % world_size:

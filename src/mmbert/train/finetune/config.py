@@ -1,10 +1,13 @@
 """Fine-tuning configuration: a YAML file and/or ``--set key=value`` overrides -> ``FinetuneConfig``.
 
 The building and checks are ``train.config``'s (unknown key -> an error naming it and the file; values
-typed; overrides parsed as YAML). Defaults follow the ModernBERT / mmBERT GLUE fine-tuning recipe as far
-as it is published: AdamW (betas 0.9 / 0.98, eps 1e-6), linear warmup over the first 6% of the steps, then
-linear decay to 0, a peak LR in their swept range (1e-5 .. 8e-5 for base models; tiny models need more),
-a few epochs with the best dev checkpoint kept. ``decay: inv_sqrt`` gives the 1-sqrt cooldown instead.
+typed; overrides parsed as YAML). Defaults follow the composer configs ModernBERT's (and mmBERT's) GLUE
+fine-tuning inherits from MosaicBERT: ``decoupled_adamw`` with betas (0.9, 0.98), eps 1e-6, weight decay
+1e-5; ``linear_decay_with_warmup`` with ``t_warmup: 0.06dur`` (6% linear warmup, then linear decay; we
+decay to 0 where some of those configs stop at ``alpha_f: 0.02``); gradient clipping at norm 1. The peak
+LR is swept per task in those papers (about 1e-5 .. 8e-5 for base models; 5e-5 here; a small model
+trained briefly wants 3e-4 .. 1e-3); a few epochs with the best dev checkpoint kept. ``decay: inv_sqrt``
+gives the 1-sqrt cooldown instead.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class FinetuneConfig:
     classifier_pooling: str | None = None  # classification: "cls" or "mean" (None = the checkpoint's config)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a progress bar with loss, dev metric and tokens/s
+    log_every: int = 10  # write a metrics.jsonl line every this many steps
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (embedding: EmbeddingSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +70,7 @@ def validate(cfg: FinetuneConfig, where: str) -> None:
         (cfg.classifier_pooling in (None, "cls", "mean"), "classifier_pooling", "must be cls or mean"),
         (cfg.max_bad_steps >= 1, "max_bad_steps", "must be >= 1"),
         (cfg.keep_last >= 1, "keep_last", "must be >= 1"),
+        (cfg.log_every >= 1, "log_every", "must be >= 1"),
     ]
     for ok, key, msg in checks:
         if not ok:

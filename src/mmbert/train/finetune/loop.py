@@ -36,7 +36,7 @@ from mmbert.train.finetune.batches import epoch_ends, micro_batches, plan
 from mmbert.train.finetune.config import FinetuneConfig
 from mmbert.train.metrics import MetricsLog, Progress
 from mmbert.train.optim import autocast, build_optimizer, resolve_precision, set_lr
-from mmbert.train.parallel import World, any_rank, broadcast_object, parallelize, unwrap
+from mmbert.train.parallel import World, any_rank, barrier, broadcast_object, parallelize, unwrap
 from mmbert.train.rundir import lock_run_dir
 from mmbert.train.schedule import lr_at
 from mmbert.train.step import optimizer_step
@@ -70,25 +70,25 @@ class FitResult:
 
 
 def fit(model: torch.nn.Module, features: list[dict], task, cfg: FinetuneConfig, out_dir: str | Path | None = None,
-        *, evaluate: Callable[[torch.nn.Module], float] | None = None, tokenizer=None, world: World | None = None,
-        log_every: int = 10) -> FitResult:
+        *, evaluate: Callable[[torch.nn.Module], float] | None = None, tokenizer=None, world: World | None = None
+        ) -> FitResult:
     """Train ``model`` (a fresh task model on the CPU) on ``features`` with ``task``; on return it holds the
     best dev weights (or the last ones without ``evaluate``), unwrapped, in eval mode."""
     if not features:
         raise ValueError("no training examples")
     world = world or World()
     if out_dir is None:
-        return _Fit(model, features, task, cfg, None, evaluate, tokenizer, world, log_every).run()
+        return _Fit(model, features, task, cfg, None, evaluate, tokenizer, world).run()
     out_dir = Path(out_dir)
     with lock_run_dir(out_dir, world):
-        return _Fit(model, features, task, cfg, out_dir, evaluate, tokenizer, world, log_every).run()
+        return _Fit(model, features, task, cfg, out_dir, evaluate, tokenizer, world).run()
 
 
 class _Fit:
-    def __init__(self, model, features, task, cfg, out_dir, evaluate, tokenizer, world, log_every):
+    def __init__(self, model, features, task, cfg, out_dir, evaluate, tokenizer, world):
         self.model, self.features, self.task, self.cfg = model, features, task, cfg
         self.out_dir, self.evaluate, self.tokenizer, self.world = out_dir, evaluate, tokenizer, world
-        self.log_every = log_every
+        self.log_every = cfg.log_every
         self.lengths = [task.length(f) for f in features]
         # a task may plan its own steps (task.plan_epoch) and split them itself (task.micro_batches): the
         # embedding task counts examples without duplicate texts and needs a rank's share in one micro-batch
@@ -113,7 +113,8 @@ class _Fit:
                                    grad_clip=cfg.grad_clip)
         optimizer = build_optimizer(ddp, opt_cfg)
         resumed = self._resume(ddp, optimizer)
-        metrics = MetricsLog(self.out_dir or Path("."), enabled=self.out_dir is not None and world.is_main)
+        on = self.out_dir is not None and world.is_main
+        metrics = self.metrics = MetricsLog(self.out_dir or Path("."), enabled=on)
         result = FitResult(steps=self.state["step"], total_steps=self.total, resumed_from=resumed)
         bar = Progress(cfg.progress and world.is_main, self.total, self.state["step"], self.task.name)
         ac = lambda: autocast(self.precision, world.device)  # noqa: E731
@@ -138,8 +139,9 @@ class _Fit:
                     self.state["step"] = s = s + 1
                     self.state["tokens"] += r.tokens
                     self.state["bad_steps"] = 0 if r.ok else self.state["bad_steps"] + 1
-                    rec = {"step": s, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": self.state["tokens"],
-                           "batch_tokens": r.tokens, "units": r.units, "tokens_per_s": r.tokens / dt}
+                    rec = {"step": s, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm,
+                           "tokens": self.state["tokens"], "batch_tokens": r.tokens, "units": r.units,
+                           "tokens_per_s": r.tokens / dt}
                     if not r.ok:
                         self.state["skipped"] += 1
                         metrics.write({"event": "skip", **rec, "bad_steps": self.state["bad_steps"]})
@@ -220,6 +222,7 @@ class _Fit:
             return
         if self.world.is_main:
             save_model_dir(self.out_dir / BEST, model, self.tokenizer)
+        barrier()  # other ranks may read it back at the end
 
     def _restore_best(self, ddp) -> None:
         if self.state["best_step"] == 0 or self.state["best_step"] == self.state["step"]:
@@ -241,9 +244,11 @@ class _Fit:
             return None
         root = self.out_dir / CHECKPOINTS
         path = ckpt.step_dir(root, self.state["step"])
-        ckpt.save_checkpoint(path, ddp, optimizer, {**self.state, "total_steps": self.total}, None, self.tokenizer)
+        state = {**self.state, "total_steps": self.total, "config": _resume_key(self.cfg)}
+        ckpt.save_checkpoint(path, ddp, optimizer, state, None, self.tokenizer)
         if self.world.is_main:
             ckpt.prune(root, self.cfg.keep_last)
+        self.metrics.write({"event": "checkpoint", "step": self.state["step"], "path": str(path)})
         return path
 
     def _resume(self, ddp, optimizer) -> int | None:
@@ -256,6 +261,10 @@ class _Fit:
         if saved.get("total_steps") != self.total:
             raise ValueError(f"{start}: written by a run of {saved.get('total_steps')} steps, this one plans "
                              f"{self.total}: the data or the config changed; use another --out")
+        if saved.get("config", _resume_key(self.cfg)) != _resume_key(self.cfg):
+            changed = sorted(k for k, v in _resume_key(self.cfg).items() if saved["config"].get(k) != v)
+            raise ValueError(f"{start}: written with other settings ({', '.join(changed)} differ); run the same "
+                             "command to continue, or use another --out")
         ckpt.load_model_weights(start, ddp)
         ckpt.load_optimizer(start, ddp, optimizer)
         ckpt.restore_rank_state(saved, self.world.rank, self.world.world_size)
@@ -283,6 +292,11 @@ class _Fit:
         result.history = [tuple(h) for h in st["history"]]
         result.early_stopped = st["early_stopped"]
         return result
+
+
+def _resume_key(cfg: FinetuneConfig) -> dict:
+    """The settings a resume must share with the run it continues (not the display / device ones)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device", "log_every")}
 
 
 def _warmup_share(cfg: FinetuneConfig, total: int) -> float:
