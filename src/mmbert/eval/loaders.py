@@ -431,3 +431,69 @@ def read_text_examples(path: str | Path, text_column: str = "text", pair_column:
     if not out:
         raise DataFormatError(path, None, "no examples")
     return out
+
+
+# ---- pairs for embedding training: (anchor, positive[, negatives...]) tables ----------------------------
+
+
+@dataclass(frozen=True)
+class PairExample:
+    texts: tuple[str, ...]  # anchor, positive, then any hard negatives
+    lang: str = "und"
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a table file (CSV/TSV header, parquet schema, the first JSONL object's keys)."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as e:  # pyarrow's errors do not name the file
+            raise DataFormatError(path, None, f"unreadable parquet ({e})") from None
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        if fmt == "jsonl":
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, n, f"not valid JSON: {e.msg}") from None
+            return list(first) if isinstance(first, dict) else []
+        import csv
+
+        return next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ",",
+                               quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL))
+    return []
+
+
+def default_negative_columns(columns: list[str]) -> list[str]:
+    """sentence-transformers' hard-negative column names present in a table: ``negative``, ``negative_1``, ..."""
+    numbered = sorted((int(c.rsplit("_", 1)[1]), c) for c in columns if re.fullmatch(r"negative_\d+", c))
+    return (["negative"] if "negative" in columns else []) + [c for _, c in numbered]
+
+
+def read_pairs(path: str | Path, anchor_column: str = "anchor", positive_column: str = "positive",
+               negative_columns: list[str] | None = None, lang_column: str | None = None,
+               lang: str = "und") -> list[PairExample]:
+    """(anchor, positive[, negatives...]) examples of a CSV / TSV / JSONL / parquet table, with
+    sentence-transformers' column names by default; ``negative_columns=None`` takes those of
+    ``default_negative_columns``. An empty or non-text cell is an error naming the file and line."""
+    path = Path(path)
+    if negative_columns is None:
+        negative_columns = default_negative_columns(table_columns(path))
+    columns = [anchor_column, positive_column, *negative_columns]
+    out = []
+    for n, row in read_rows(path, columns + ([lang_column] if lang_column else [])):
+        texts = tuple(row[c] for c in columns)
+        bad = next((c for c, t in zip(columns, texts) if not isinstance(t, str) or not t.strip()), None)
+        if bad is not None:
+            raise DataFormatError(path, n, f"empty or non-text {bad!r}")
+        out.append(PairExample(texts, str(row[lang_column]) if lang_column else lang))
+    if not out:
+        raise DataFormatError(path, None, "no examples")
+    return out

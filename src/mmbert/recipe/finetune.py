@@ -33,16 +33,20 @@ from pathlib import Path
 
 from mmbert.eval.classification import finetune_classifier, split_dev
 from mmbert.eval.common import load_tokenizer
-from mmbert.eval.loaders import TSV_FORMATS, parse_file_spec, read_conll, read_squad_json, read_text_examples, read_tsv
+from mmbert.eval.embedding import finetune_embedding
+from mmbert.eval.loaders import (TSV_FORMATS, parse_file_spec, read_conll, read_pairs, read_squad_json,
+                                 read_text_examples, read_tsv)
 from mmbert.eval.qa import finetune_qa
 from mmbert.eval.token_classification import finetune_tagger
 from mmbert.model.checkpoint import file_sha256
+from mmbert.model.st_layout import write_sentence_transformers_files
 from mmbert.train.finetune import FinetuneConfig
 from mmbert.train.finetune.loop import BEST, CHECKPOINTS, save_model_dir
 from mmbert.train.parallel import World, barrier, destroy_distributed, init_distributed
 
 RESULTS = "results.json"
-PRIMARY = {"classification": "accuracy", "regression": "pearson", "token-classification": "f1", "qa": "f1"}
+PRIMARY = {"classification": "accuracy", "regression": "pearson", "token-classification": "f1", "qa": "f1",
+           "embedding": "ndcg@10"}
 
 
 def read_split(task: str, path, *, columns: dict, tsv_format: str | None = None, lang: str = "und") -> list:
@@ -60,6 +64,9 @@ def read_split(task: str, path, *, columns: dict, tsv_format: str | None = None,
         return read_conll(path, lang)
     if task == "qa":
         return read_squad_json(path, lang)
+    if task == "embedding":
+        return read_pairs(path, columns.get("anchor", "anchor"), columns.get("positive", "positive"),
+                          columns.get("negatives"), columns.get("lang"), lang)
     raise ValueError(f"unknown task {task!r}; choose one of {sorted(PRIMARY)}")
 
 
@@ -115,6 +122,8 @@ def _train(task, checkpoint, train, dev, tests, config, out, world: World, token
                                    strict_labels=True, **kw)
     if task == "token-classification":
         return finetune_tagger(checkpoint, train, dev, tests, strict_labels=True, **kw)
+    if task == "embedding":
+        return finetune_embedding(checkpoint, train, dev, tests, **kw)
     return finetune_qa(checkpoint, train, dev, tests, **kw)
 
 
@@ -138,6 +147,7 @@ def _results(task, config, files, columns, tsv_format, train_lang, per_language,
                  "train_examples": info.get("train_examples", info.get("train_sentences")),
                  "dev_examples": info.get("dev_examples", info.get("dev_sentences"))},
         "labels": info.get("labels"),
+        **({"embedding": info["embedding"]} if "embedding" in info else {}),
         "dev": dev, "test": tests, "zero_shot": zero_shot,
         "training": fit,
         "wall_seconds": round(time.time() - started, 2), "tokens_per_s": fit["tokens_per_s"],
@@ -149,7 +159,10 @@ def _write_output(out: Path, model, tokenizer, result: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=out))
     try:
         shutil.rmtree(tmp)
-        save_model_dir(tmp, model, tokenizer)
+        if result["task"] == "embedding":  # the sentence-transformers layout, as `mmbert export` writes it
+            save_embedding_dir(tmp, model, tokenizer, result)
+        else:
+            save_model_dir(tmp, model, tokenizer)
         for f in sorted(tmp.iterdir()):
             if f.name != "checksums.json":
                 os.replace(f, out / f.name)
@@ -161,6 +174,20 @@ def _write_output(out: Path, model, tokenizer, result: dict) -> None:
     os.replace(tmp_json, out / RESULTS)  # written last: its presence means the run finished
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / BEST, ignore_errors=True)
+
+
+def save_embedding_dir(path: Path, model, tokenizer, result: dict) -> Path:
+    """An embedding model directory: the bare encoder (transformers' ModernBertModel layout), the tokenizer, the
+    sentence-transformers modules and ``mmbert_embedding.json`` (the trained Matryoshka sizes, the loss, the data)."""
+    model.save_pretrained(path)  # MmBertForEmbedding: the encoder's keys, no task head
+    tokenizer.save(path)
+    emb = result["embedding"]
+    info = {"matryoshka_dims": emb["matryoshka_dims"], "loss": {k: emb[k] for k in ("scale", "symmetric",
+            "matryoshka_weights", "gather", "batch_size", "cached")},
+            "train_file": result["data"]["files"]["train"], "max_length": result["config"]["max_length"]}
+    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    write_sentence_transformers_files(path, model.config.hidden_size, max_length, info)
+    return path
 
 
 def results_markdown(r: dict) -> str:

@@ -36,6 +36,7 @@ from mmbert.model import (
     MmBertForSequenceClassification,
 )
 from mmbert.model.batching import pack_by_tokens
+from mmbert.model.st_layout import trained_dimensions
 from mmbert.tokenizer import Tokenizer
 
 DEFAULT_BATCH_TOKENS = 16_384  # 16k tokens: ~1 GB of activations at H=768 in fp32; fine on CPU and GPU
@@ -115,6 +116,8 @@ class Encoder:
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length {self.max_length} leaves no room for text beside the special tokens")
         self.model = MmBertForEmbedding.from_pretrained(self.path, device=self.device)
+        # the sizes an embedding model was trained to give (Matryoshka dims + full); None: not declared
+        self.trained_dimensions = trained_dimensions(self.path, self.config.hidden_size)
         self._mlm: MmBertForMaskedLM | None = None
         self._classifier: MmBertForSequenceClassification | None = None
 

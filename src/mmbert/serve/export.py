@@ -5,8 +5,8 @@
   ``AutoTokenizer`` load it offline. The MLM head is kept when the checkpoint has one.
 - ``sentence-transformers``: the bare encoder in the ``hf`` layout plus modules.json
   (Transformer -> Pooling(mean) -> Normalize, the legacy class paths that load in old and new releases),
-  sentence_bert_config.json and 1_Pooling/config.json (see shared/reference/ecosystem-notes.md). Its
-  ``encode`` equals ``Encoder.encode``.
+  sentence_bert_config.json and 1_Pooling/config.json (``model.st_layout``, also what ``mmbert finetune
+  --task embedding`` writes). Its ``encode`` equals ``Encoder.encode``.
 - ``onnx``: ``model.onnx`` for the embedding model, traced on the dense padded path (``unpad = False``: no
   data-dependent Python loops) with torch's legacy exporter (``dynamo=False``, opset 17), dynamic batch and
   sequence axes. Inputs ``input_ids``, ``attention_mask`` (int64, (B, T)); outputs ``last_hidden_state``
@@ -19,7 +19,6 @@ Writes go to a temporary sibling directory renamed into place, so a failed expor
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -40,6 +39,7 @@ from mmbert.model import (
     mean_pool,
 )
 from mmbert.model.checkpoint import atomic_directory_write
+from mmbert.model.st_layout import read_embedding_info, write_sentence_transformers_files
 from mmbert.serve.encoder import load_tokenizer
 
 FORMATS = ("hf", "sentence-transformers", "onnx")
@@ -94,28 +94,8 @@ def _write_hf(checkpoint: Path, out: Path, max_length: int | None, with_head: bo
 
 def _write_sentence_transformers(checkpoint: Path, out: Path, max_length: int | None) -> None:
     max_length = _write_hf(checkpoint, out, max_length, with_head=False)
-    hidden = ModelConfig.load(checkpoint).hidden_size
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    pooling = {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True,
-    }
-    _dump(out / "modules.json", modules)
-    _dump(out / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
-    _dump(out / "config_sentence_transformers.json", {"similarity_fn_name": "cosine", "prompts": {},
-                                                      "default_prompt_name": None})
-    (out / "1_Pooling").mkdir()
-    _dump(out / "1_Pooling" / "config.json", pooling)
-    (out / "2_Normalize").mkdir()
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    info = read_embedding_info(checkpoint)  # an embedding model keeps its trained (Matryoshka) sizes
+    write_sentence_transformers_files(out, ModelConfig.load(checkpoint).hidden_size, max_length, info)
 
 
 class OnnxEmbedding(nn.Module):

@@ -24,7 +24,10 @@ and nothing a client sends can crash the process:
 Embedding requests from concurrent clients are micro-batched (``batching.MicroBatcher``): one unpadded
 forward per few milliseconds, on one model thread. Floats are sent as JSON numbers (float32 values, exact)
 or, with ``encoding_format: "base64"``, as base64 of little-endian float32 bytes, which is what the
-official OpenAI client asks for by default. ``dimensions`` truncates and re-normalises (Matryoshka style).
+official OpenAI client asks for by default. ``dimensions`` truncates and re-normalises (Matryoshka style): an
+embedding model that declares its trained sizes (``mmbert_embedding.json``, written by ``mmbert finetune --task
+embedding``) accepts only those (its Matryoshka dims and the full size), since a truncation the loss never saw
+is a worse embedding; a checkpoint that declares none accepts any size up to the hidden size.
 
 Connections (``Timeouts``, applied by ``uvicorn_config``): a request's headers must be complete within
 ``header_s`` of the connection opening or of the previous response (uvicorn has no such timeout; its
@@ -247,6 +250,7 @@ def create_app(
     async def health():
         return {
             "status": "ok", "model": model_name, "hidden_size": encoder.hidden_size, "max_tokens": max_tokens,
+            "dimensions": list(encoder.trained_dimensions) if encoder.trained_dimensions else None,
             "max_inputs": limits.max_inputs, "fill_mask": fill_mask_error is None, "classify": encoder.is_classifier,
             "batching": batcher.stats.as_dict(),
         }
@@ -270,6 +274,10 @@ def create_app(
         if dims is not None and (not _is_int(dims) or not 1 <= dims <= encoder.hidden_size):
             raise ApiError(400, f"'dimensions' must be an integer in [1, {encoder.hidden_size}], got {dims!r}",
                            param="dimensions", code="invalid_value")
+        trained = encoder.trained_dimensions
+        if dims is not None and trained is not None and dims not in trained:
+            raise ApiError(400, f"'dimensions' {dims} is not a size this model was trained for; use one of "
+                           f"{list(trained)}", param="dimensions", code="invalid_value")
         if kind == "texts":
             sequences = await tokenize(encoder, items, "input")
         else:

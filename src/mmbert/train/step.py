@@ -39,6 +39,11 @@ class Task(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         """Forward ``batch`` through ``model`` on ``device``; the mean loss over its units (a 0-d tensor)."""
 
+    # Optional, instead of ``loss``: a task that must run its own backward (GradCache re-runs the forward chunk
+    # by chunk after the loss, ``train/embedding.py``) defines
+    #     forward_backward(model, batch, device, scale: float) -> torch.Tensor
+    # which backpropagates ``mean loss x scale`` itself and returns the mean loss, detached.
+
 
 @dataclass
 class StepResult:
@@ -74,10 +79,15 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
     scale = world_size / max(n_units, 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     last = len(micro_batches) - 1
+    own_backward = getattr(task, "forward_backward", None)
     for i, (b, (n_i, _)) in enumerate(zip(micro_batches, counts)):
-        with no_sync(model, i == last), (autocast() if autocast is not None else _null()):
-            unit_loss = task.loss(model, b, device).float() * n_i
-        (unit_loss * scale).backward()
+        if own_backward is not None:  # the task backpropagates (mean loss x n_i x scale) itself
+            with no_sync(model, i == last), (autocast() if autocast is not None else _null()):
+                unit_loss = own_backward(model, b, device, scale * n_i).float() * n_i
+        else:
+            with no_sync(model, i == last), (autocast() if autocast is not None else _null()):
+                unit_loss = task.loss(model, b, device).float() * n_i
+            (unit_loss * scale).backward()
         loss_sum += unit_loss.detach().double()
     loss = float(all_reduce_sum(loss_sum)) / max(n_units, 1)
     grad_norm = float(clip_gradients(model, grad_clip)) if math.isfinite(loss) else math.nan

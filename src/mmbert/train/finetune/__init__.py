@@ -30,12 +30,12 @@ Register with ``tasks.register_task(task)``; ``tasks.get_task(name)`` finds it. 
 task, config, out_dir, evaluate=...)`` then trains it with everything above; ``evaluate(model) -> float``
 (higher is better) is the dev metric.
 
-Notes for a contrastive (in-batch negatives) task: ``optimizer_step`` sums per-micro-batch losses, so
-negatives are shared within one micro-batch only. A task whose loss needs the whole global batch at once
-(GradCache: embed every micro-batch without grad, loss on all embeddings, then re-run each micro-batch
-with the cached embedding gradients) keeps the same interface by doing that inside ``loss`` on one
-micro-batch that holds the whole step (``micro_batch_tokens >= batch_tokens``): the step then scales,
-clips and skips non-finite updates exactly as for the other tasks.
+Optional hooks, for a task whose loss is over the whole batch (``train/embedding.py``, ``--task embedding``):
+``plan_epoch(features, seed, epoch) -> [[example index, ...] per step]`` replaces the token-budgeted plan
+(a pure function of the epoch: resume rebuilds it); ``micro_batches(step, rank, world_size) -> [[index, ...]]``
+replaces the token-budgeted split (the embedding task: the rank's share as one micro-batch); and
+``forward_backward(model, batch, device, scale) -> detached mean loss`` replaces ``loss`` in the step when the
+task must run its own backward (GradCache), backpropagating ``mean loss x scale`` itself.
 """
 
 from mmbert.train.finetune.config import FinetuneConfig, load_finetune_config

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from mmbert.model.batching import pack_by_tokens
@@ -24,12 +26,16 @@ def plan_epoch(lengths: list[int], seed: int, epoch: int, batch_tokens: int) -> 
     return pack_by_tokens(lengths, batch_tokens, order=torch.randperm(len(lengths), generator=g).tolist())
 
 
-def plan(lengths: list[int], seed: int, epochs: float, batch_tokens: int, max_steps: int | None) -> list[list[int]]:
-    """Every step of the run: whole epochs, then the leading share of the last (fractional) one."""
+def plan(lengths: list[int], seed: int, epochs: float, batch_tokens: int, max_steps: int | None,
+         planner: Callable[[int], list[list[int]]] | None = None) -> list[list[int]]:
+    """Every step of the run: whole epochs, then the leading share of the last (fractional) one. ``planner``
+    (epoch -> steps) replaces ``plan_epoch`` for a task that batches otherwise (the embedding task: examples
+    without duplicate texts); it must be a pure function of the epoch, as resume rebuilds the plan."""
+    planner = planner or (lambda e: plan_epoch(lengths, seed, e, batch_tokens))
     out: list[list[int]] = []
     epoch = 0
     while epoch < epochs:
-        steps = plan_epoch(lengths, seed, epoch, batch_tokens)
+        steps = planner(epoch)
         take = len(steps) if epochs - epoch >= 1 else max(1, round((epochs - epoch) * len(steps)))
         out += steps[:take]
         epoch += 1
@@ -38,11 +44,13 @@ def plan(lengths: list[int], seed: int, epochs: float, batch_tokens: int, max_st
     return out[:max_steps] if max_steps is not None else out
 
 
-def epoch_ends(lengths: list[int], seed: int, epochs: float, batch_tokens: int, total: int) -> set[int]:
+def epoch_ends(lengths: list[int], seed: int, epochs: float, batch_tokens: int, total: int,
+               planner: Callable[[int], list[list[int]]] | None = None) -> set[int]:
     """1-based step numbers that end an epoch (where ``eval_every: 0`` evaluates)."""
+    planner = planner or (lambda e: plan_epoch(lengths, seed, e, batch_tokens))
     ends, n, epoch = set(), 0, 0
     while n < total:
-        n += len(plan_epoch(lengths, seed, epoch, batch_tokens))
+        n += len(planner(epoch))
         ends.add(min(n, total))
         epoch += 1
     return ends

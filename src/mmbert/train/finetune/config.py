@@ -24,7 +24,7 @@ from mmbert.train.config import ConfigError, _build, apply_override, field_docs
 
 @dataclass
 class FinetuneConfig:
-    task: str = "classification"  # classification | regression | token-classification | qa (or a registered task)
+    task: str = "classification"  # classification | regression | token-classification | qa | embedding (or a registered task)
     lr: float = 5e-5  # peak learning rate
     weight_decay: float = 1e-5  # decoupled AdamW weight decay (not on norms, biases, embeddings)
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
@@ -49,7 +49,7 @@ class FinetuneConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a progress bar with loss, dev metric and tokens/s
     log_every: int = 10  # write a metrics.jsonl line every this many steps
-    extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings a registered task may read
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (embedding: EmbeddingSettings)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -90,9 +90,13 @@ class _Fit:
         self.out_dir, self.evaluate, self.tokenizer, self.world = out_dir, evaluate, tokenizer, world
         self.log_every = cfg.log_every
         self.lengths = [task.length(f) for f in features]
-        self.steps = plan(self.lengths, cfg.seed, cfg.epochs, cfg.batch_tokens, cfg.max_steps)
+        # a task may plan its own steps (task.plan_epoch) and split them itself (task.micro_batches): the
+        # embedding task counts examples without duplicate texts and needs a rank's share in one micro-batch
+        own_plan = getattr(task, "plan_epoch", None)
+        planner = (lambda e: own_plan(features, cfg.seed, e)) if own_plan is not None else None
+        self.steps = plan(self.lengths, cfg.seed, cfg.epochs, cfg.batch_tokens, cfg.max_steps, planner)
         self.total = len(self.steps)
-        self.ends = epoch_ends(self.lengths, cfg.seed, cfg.epochs, cfg.batch_tokens, self.total)
+        self.ends = epoch_ends(self.lengths, cfg.seed, cfg.epochs, cfg.batch_tokens, self.total, planner)
         self.precision = resolve_precision(cfg.precision, world.device)
         self.state = {"step": 0, "tokens": 0, "best_score": None, "best_step": 0, "bad_evals": 0, "history": [],
                       "bad_steps": 0, "skipped": 0, "early_stopped": False}
@@ -122,8 +126,11 @@ class _Fit:
                     lr = lr_at(s, self.total, cfg.lr, cfg.warmup, cfg.decay, 1.0 - _warmup_share(cfg, self.total))
                     set_lr(optimizer, lr)
                     t0 = time.perf_counter()
-                    groups = micro_batches(self.steps[s], self.lengths, cfg.micro_batch_tokens, world.rank,
-                                           world.world_size)
+                    if hasattr(self.task, "micro_batches"):
+                        groups = self.task.micro_batches(self.steps[s], world.rank, world.world_size)
+                    else:
+                        groups = micro_batches(self.steps[s], self.lengths, cfg.micro_batch_tokens, world.rank,
+                                               world.world_size)
                     micro = [self.task.collate([self.features[i] for i in g]) for g in groups]
                     r = optimizer_step(ddp, optimizer, micro, self.task, device=world.device,
                                        world_size=world.world_size, autocast=ac, grad_clip=cfg.grad_clip)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbert.model import MmBertForQuestionAnswering, MmBertForSequenceClassification, MmBertForTokenClassification
+from mmbert.train.embedding import EmbeddingTask
 
 
 def flat_batch(features: list[dict]) -> dict:
@@ -133,5 +134,6 @@ def get_task(name: str) -> FinetuneTask:
     return TASKS[name]
 
 
-for _t in (ClassificationTask(), RegressionTask(), TokenClassificationTask(), QuestionAnsweringTask()):
+for _t in (ClassificationTask(), RegressionTask(), TokenClassificationTask(), QuestionAnsweringTask(),
+           EmbeddingTask()):  # a run builds its own EmbeddingTask(settings); this one has the defaults
     register_task(_t)
