@@ -38,7 +38,7 @@ ALLOWED = {
     "recipe": {"train", "merge", "eval", "corpus", "tokenizer", "data", "model"},
     "train": {"data", "model", "tokenizer"},
     "merge": {"model"},
-    "eval": {"model", "tokenizer", "corpus", "data"},
+    "eval": {"train", "model", "tokenizer", "corpus", "data"},  # evaluation by fine-tuning is a client of the trainer
     "serve": {"model", "tokenizer"},
     "corpus": {"tokenizer"},
     "package": {"model", "serve"},
@@ -137,8 +137,10 @@ def test_allowed_edges_have_one_direction():
     ("mmbert/train/extra.py", "from mmbert.eval import heldout\n", "(train) -> mmbert.eval.heldout (eval)"),
     ("mmbert/serve/extra.py", "import mmbert.eval.common as c\n", "(serve) -> mmbert.eval.common (eval)"),
     ("mmbert/data/extra.py", "from ..corpus import load_corpus\n", "(data) -> mmbert.corpus (corpus)"),
-    ("mmbert/eval/extra.py", "import importlib\nimportlib.import_module(f'mmbert.train.{x}')\n",
-     "(eval) -> mmbert.train (train)"),
+    ("mmbert/eval/extra.py", "import importlib\nimportlib.import_module(f'mmbert.serve.{x}')\n",
+     "(eval) -> mmbert.serve (serve)"),
+    ("mmbert/train/finetune/extra.py", "from mmbert.eval.metrics import accuracy\n",
+     "(train) -> mmbert.eval.metrics (eval)"),
     ("mmbert/recipe/extra.py", "from mmbert.commands import run\n", "(recipe) -> mmbert.commands.run (entry)"),
 ])
 def test_a_bad_import_is_caught(tmp_path, where, code, edge):

@@ -19,8 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mmbert.commands.eval", "evaluate a checkpoint on a task, per language"),
     "export": ("mmbert.commands.export", "export a checkpoint for transformers / sentence-transformers / ONNX"),
     "fill-mask": ("mmbert.commands.fill_mask", "predict the tokens behind <mask>"),
+    "finetune": ("mmbert.commands.finetune", "fine-tune a checkpoint into a task model (classification, NER, QA)"),
     "info": ("mmbert.commands.info", "show a checkpoint's or preset's configuration and size"),
     "merge": ("mmbert.commands.merge", "merge checkpoints: linear, task arithmetic, TIES"),
+    "predict": ("mmbert.commands.predict", "run a fine-tuned task model over a file (labels, tags, answer spans)"),
     "run": ("mmbert.commands.run", "run a whole recipe: train all phases, merge, evaluate, report"),
     "serve": ("mmbert.commands.serve", "serve embeddings and fill-mask over HTTP"),
     "tokenizer": ("mmbert.commands.tokenizer", "train, inspect or report on a tokenizer"),
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # What to do after freeing space: training continues from its checkpoints; other commands start over.
-_AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again", "adapt": "run the same command again"}
+_AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again", "finetune": "run the same command again",
+                    "adapt": "run the same command again"}
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import inspect
 import os
 import time
 
-from mmbert.eval.finetune import FinetuneConfig
+from mmbert.eval.finetune import FinetuneConfig, config_with
 from mmbert.eval.report import format_table, summarize, write_json
 
-_FINETUNE_KEYS = {f.name for f in dataclasses.fields(FinetuneConfig)}
+_FINETUNE_KEYS = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"batch_size"}
+# the harness's defaults: a bounded number of steps, dev every 50, no progress bar
+_EVAL_DEFAULTS = dict(epochs=1e6, max_steps=500, eval_every=50, patience=3, progress=False)  # max_steps decides
 
 
 def _glue(name):
@@ -76,8 +78,9 @@ ALIASES = {"squad": "qa", "tydiqa": "qa", "xquad": "qa", "conll": "ner", "panx":
 
 def evaluate(checkpoint, task: str, *, out=None, **options) -> dict:
     """Run ``task`` on ``checkpoint`` (a directory, or a loaded model with ``tokenizer=``) and return the
-    result document; with ``out``, also write it as JSON. Fine-tuning options (``lr``, ``batch_size``,
-    ``max_steps``, ``eval_every``, ``patience``, ``max_length``, ``seed``) go to ``FinetuneConfig``; the rest
+    result document; with ``out``, also write it as JSON. Fine-tuning options (``lr``, ``batch_size`` (read as
+    ``batch_tokens = batch_size * max_length``), ``max_steps``, ``eval_every``, ``patience``, ``max_length``,
+    ``seed``, or any other ``train.finetune.FinetuneConfig`` field) go to ``FinetuneConfig``; the rest
     to the task (``data``, ``train``, ``dev``, ``test``, ``languages``, ``train_language`` ...)."""
     name = ALIASES.get(task, task)
     if name not in TASKS:
@@ -85,11 +88,12 @@ def evaluate(checkpoint, task: str, *, out=None, **options) -> dict:
     options = {k: v for k, v in options.items() if v is not None}
     ft = {k: options.pop(k) for k in list(options) if k in _FINETUNE_KEYS} if name in FINETUNED else {}
     if ft:
-        base = options.pop("config", None) or (FinetuneConfig(max_length=256) if name == "qa" else
-                                                FinetuneConfig(lr=3e-4, batch_size=32, max_steps=400, eval_every=100,
-                                                               patience=2, max_length=64) if name == "udhr-langid"
-                                                else FinetuneConfig())
-        options["config"] = dataclasses.replace(base, **ft)
+        base = options.pop("config", None) or (
+            config_with(**_EVAL_DEFAULTS | {"max_length": 256}) if name == "qa" else
+            config_with(**_EVAL_DEFAULTS | dict(lr=3e-4, batch_size=32, max_steps=400, eval_every=100, patience=2,
+                                                max_length=64)) if name == "udhr-langid"
+            else config_with(**_EVAL_DEFAULTS))
+        options["config"] = config_with(base, **ft)
     started = time.perf_counter()
     raw = TASKS[name](checkpoint, **options)
     result = raw if "average" in raw else summarize(name, raw.pop("per_language"), raw.pop("primary"), **raw)

@@ -6,8 +6,11 @@ inside the document of a structural one).
   XNLI TSV (``language gold_label sentence1_binary_parse ... sentence1 sentence2 ...``): fields split on tabs
   with no quoting, as GLUE's own readers (``csv.QUOTE_NONE``).
 - SQuAD v1.1 JSON, which TyDiQA-GoldP, XQuAD and MLQA also use: ``data[].paragraphs[].{context, qas[]}``.
-- CoNLL: ``token ... tag`` per line (tag last, whitespace separated), a blank line between sentences,
-  ``-DOCSTART-`` lines skipped (CoNLL-2002/2003, WikiANN as XTREME ships it).
+- CoNLL: ``token ... tag`` per line (tag last, whitespace separated, the same number of columns on every
+  line), a blank line between sentences, ``-DOCSTART-`` lines skipped (CoNLL-2002/2003, WikiANN as XTREME
+  ships it).
+- Tables with named columns (what users of ``run_glue.py`` bring): CSV, TSV, JSONL, parquet; a ``.txt`` file
+  is one text per line (prediction input).
 """
 
 from __future__ import annotations
@@ -195,6 +198,7 @@ def read_conll(path: str | Path, lang: str = "und") -> list[TokenExample]:
     """Sentences of a CoNLL file: the first column is the token, the last the IOB/IOBES tag."""
     path = Path(path)
     out, tokens, tags = [], [], []
+    width = None  # columns per token line: the file's first one sets it
 
     def flush():
         if tokens:
@@ -212,6 +216,9 @@ def read_conll(path: str | Path, lang: str = "und") -> list[TokenExample]:
             continue
         if len(cols) < 2:
             raise DataFormatError(path, n, f"expected 'token ... tag', got {line.strip()!r}")
+        width = width or len(cols)
+        if len(cols) != width:
+            raise DataFormatError(path, n, f"{len(cols)} columns, earlier lines have {width}")
         if not _TAG.match(cols[-1]):
             raise DataFormatError(path, n, f"tag {cols[-1]!r} is not O or B-/I-/E-/S-TYPE")
         tokens.append(cols[0])
@@ -303,18 +310,25 @@ def read_bitext_tsv(path: str | Path) -> list[tuple[str, str]]:
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    return [{k: str(v) if k == "_id" else v for k, v in d.items()} for _, d in _jsonl_rows(path, required)]
+
+
+def _jsonl_rows(path: Path, required: tuple[str, ...], lines: list[str] | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) per non-blank line; each must be a JSON object holding ``required``."""
     out = []
-    for n, line in enumerate(_read_lines(path), start=1):
+    for n, line in enumerate(_read_lines(path) if lines is None else lines, start=1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataFormatError(path, n, f"not valid JSON: {e.msg}") from None
+        if not isinstance(d, dict):
+            raise DataFormatError(path, n, f"expected a JSON object, got {type(d).__name__}")
         missing = [k for k in required if k not in d]
         if missing:
-            raise DataFormatError(path, n, f"missing field(s) {missing}")
-        out.append({k: str(v) if k == "_id" else v for k, v in d.items()})
+            raise DataFormatError(path, n, f"missing field(s) {missing}; the line has {sorted(d)}")
+        out.append((n, d))
     return out
 
 
@@ -324,3 +338,162 @@ def _is_number(s: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+# ---- tables with named columns: CSV, TSV, JSONL, parquet (what `mmbert finetune` / `predict` read) -------
+
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
+                 ".txt": "txt"}
+
+
+def table_format(path: str | Path) -> str:
+    """The format of a table file from its suffix (``.gz`` is not read: decompress first)."""
+    path = Path(path)
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataFormatError(path, None, f"unknown file format {path.suffix or '(no suffix)'!r}; expected one of "
+                                          f"{sorted(TABLE_FORMATS)} (CoNLL and SQuAD JSON: --task "
+                                          "token-classification / qa)")
+    return fmt
+
+
+def read_rows(path: str | Path, columns: list[str]) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) per row of a CSV / TSV / JSONL / parquet file (parquet: the row's
+    index + 1); ``columns`` must all exist (an error names the file and the first row without one). A
+    ``.txt`` file is one text per line under the column ``text``."""
+    path = Path(path)
+    fmt = table_format(path)
+    if fmt == "parquet":
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow's errors do not name the file
+            raise DataFormatError(path, None, f"unreadable parquet ({e})") from None
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise DataFormatError(path, None, f"no column(s) {missing}; it has {table.column_names}")
+        return [(i + 1, row) for i, row in enumerate(table.select(columns).to_pylist())]
+    lines = _read_lines(path)
+    if fmt == "txt":
+        return [(n, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip()]
+    if fmt == "jsonl":
+        return _jsonl_rows(path, tuple(columns), lines)
+    import csv
+
+    if fmt == "tsv":  # no quoting, as GLUE's own TSV readers
+        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataFormatError(path, 1, "empty file: expected a header line") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataFormatError(path, 1, f"header lacks column(s) {missing}; it has {header}")
+    out = []
+    try:
+        for cells in reader:
+            n = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataFormatError(path, n, f"{len(cells)} field(s), the header has {len(header)}")
+            out.append((n, dict(zip(header, cells))))
+    except csv.Error as e:
+        raise DataFormatError(path, reader.line_num, f"malformed CSV ({e})") from None
+    return out
+
+
+def read_text_examples(path: str | Path, text_column: str = "text", pair_column: str | None = None,
+                       label_column: str | None = "label", lang: str = "und",
+                       lang_column: str | None = None) -> list[TextExample]:
+    """Classification / regression examples of a table; ``label_column=None`` reads unlabelled texts
+    (label ""). An empty text or label is an error naming the file and line: nothing is skipped silently."""
+    path = Path(path)
+    columns = [c for c in (text_column, pair_column, label_column, lang_column) if c is not None]
+    out = []
+    for n, row in read_rows(path, columns):
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(path, n, f"empty or non-text {text_column!r}")
+        pair = row[pair_column] if pair_column else None
+        if pair_column and (not isinstance(pair, str) or not pair.strip()):
+            raise DataFormatError(path, n, f"empty or non-text {pair_column!r}")
+        label = "" if label_column is None else row[label_column]
+        label = "" if label is None else str(label).strip()
+        if label_column is not None and not label:
+            raise DataFormatError(path, n, f"empty {label_column!r}")
+        out.append(TextExample(text, pair, label, str(row[lang_column]) if lang_column else lang))
+    if not out:
+        raise DataFormatError(path, None, "no examples")
+    return out
+
+
+# ---- pairs for embedding training: (anchor, positive[, negatives...]) tables ----------------------------
+
+
+@dataclass(frozen=True)
+class PairExample:
+    texts: tuple[str, ...]  # anchor, positive, then any hard negatives
+    lang: str = "und"
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a table file (CSV/TSV header, parquet schema, the first JSONL object's keys)."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as e:  # pyarrow's errors do not name the file
+            raise DataFormatError(path, None, f"unreadable parquet ({e})") from None
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        if fmt == "jsonl":
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, n, f"not valid JSON: {e.msg}") from None
+            return list(first) if isinstance(first, dict) else []
+        import csv
+
+        return next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ",",
+                               quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL))
+    return []
+
+
+def default_negative_columns(columns: list[str]) -> list[str]:
+    """sentence-transformers' hard-negative column names present in a table: ``negative``, ``negative_1``, ..."""
+    numbered = sorted((int(c.rsplit("_", 1)[1]), c) for c in columns if re.fullmatch(r"negative_\d+", c))
+    return (["negative"] if "negative" in columns else []) + [c for _, c in numbered]
+
+
+def read_pairs(path: str | Path, anchor_column: str = "anchor", positive_column: str = "positive",
+               negative_columns: list[str] | None = None, lang_column: str | None = None,
+               lang: str = "und") -> list[PairExample]:
+    """(anchor, positive[, negatives...]) examples of a CSV / TSV / JSONL / parquet table, with
+    sentence-transformers' column names by default; ``negative_columns=None`` takes those of
+    ``default_negative_columns``. An empty or non-text cell is an error naming the file and line."""
+    path = Path(path)
+    if negative_columns is None:
+        negative_columns = default_negative_columns(table_columns(path))
+    columns = [anchor_column, positive_column, *negative_columns]
+    out = []
+    for n, row in read_rows(path, columns + ([lang_column] if lang_column else [])):
+        texts = tuple(row[c] for c in columns)
+        bad = next((c for c, t in zip(columns, texts) if not isinstance(t, str) or not t.strip()), None)
+        if bad is not None:
+            raise DataFormatError(path, n, f"empty or non-text {bad!r}")
+        out.append(PairExample(texts, str(row[lang_column]) if lang_column else lang))
+    if not out:
+        raise DataFormatError(path, None, "no examples")
+    return out

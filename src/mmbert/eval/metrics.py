@@ -3,6 +3,7 @@
 Each follows the reference implementation its benchmark reports with:
 - classification: accuracy, per-class F1 (binary F1 of the positive class, macro-F1), Matthews
   correlation in its multi-class form (Gorodkin 2004; scikit-learn's ``matthews_corrcoef``), as GLUE's CoLA;
+- regression: Pearson and Spearman correlation (average ranks for ties, as scipy), as GLUE's STS-B;
 - extractive QA: SQuAD v1.1's ``evaluate-v1.1.py`` (lower-case, strip punctuation and the articles
   a/an/the, collapse whitespace; EM and token-overlap F1, the maximum over the gold answers);
 - entity-level F1: conlleval / seqeval's default (non-strict) chunking of IOB1, IOB2, IOE and IOBES
@@ -83,6 +84,32 @@ def classification_scores(preds: Sequence, labels: Sequence, positive=None) -> d
     if positive is not None:
         out["f1"] = binary_f1(preds, labels, positive)
     return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), as scipy's ``rankdata``."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def regression_scores(preds: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation (GLUE's STS-B) and the mean squared error; a constant side gives
+    correlation 0 (undefined)."""
+    _check_lengths(preds, labels)
+    p, y = np.asarray(preds, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+
+    def corr(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+        return float((a * b).sum() / den) if den > 0 else 0.0
+
+    return {"pearson": corr(p, y), "spearman": corr(_ranks(p), _ranks(y)), "mse": float(((p - y) ** 2).mean())}
 
 
 def _check_lengths(a: Sequence, b: Sequence) -> None:

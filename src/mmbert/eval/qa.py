@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from mmbert.eval.classification import split_dev
-from mmbert.eval.common import data_file, load_model, load_tokenizer, pad_batch, special_ids
-from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
+from mmbert.eval.common import data_file, load_tokenizer, special_ids
+from mmbert.eval.finetune import FinetuneConfig, FinetuneStopped, fit, fit_summary, get_task, run_unpadded, task_model
 from mmbert.eval.loaders import QAExample, parse_file_spec, read_squad_json
 from mmbert.eval.metrics import squad_scores
 from mmbert.model import MmBertForQuestionAnswering
@@ -71,49 +71,62 @@ def best_span(start_logits: list[float], end_logits: list[float], offsets: list,
 
 
 def finetune_qa(checkpoint, train: list[QAExample], dev: list[QAExample], tests: dict[str, list[QAExample]], *,
-                tokenizer=None, config: FinetuneConfig | None = None, stride: int = 32,
-                max_answer_tokens: int = 30) -> tuple[dict, dict]:
+                tokenizer=None, config: FinetuneConfig | None = None, stride: int | None = None,
+                max_answer_tokens: int = 30, out_dir=None, world=None, return_model: bool = False) -> tuple[dict, dict]:
     config = config or FinetuneConfig(max_length=256)
+    stride = config.stride if stride is None else stride
     tok = load_tokenizer(checkpoint, tokenizer)
-    seed_everything(config.seed)
-    model = load_model(MmBertForQuestionAnswering, checkpoint)
-    bos, eos, pad = special_ids(tok, model.config)
+    torch.manual_seed(config.seed)
+    model = task_model(MmBertForQuestionAnswering, checkpoint, with_labels=False)
+    bos, eos, _ = special_ids(tok, model.config)
 
     def features(examples):
         return [f for e in examples for f in windows(tok, e, config.max_length, stride, bos=bos, eos=eos)]
 
-    def collate(batch):
-        ids, mask = pad_batch([f["input_ids"] for f in batch], pad)
-        return {"input_ids": ids, "attention_mask": mask, "start_positions": torch.tensor([f["start"] for f in batch]),
-                "end_positions": torch.tensor([f["end"] for f in batch])}
-
-    @torch.inference_mode()
     def predict(examples) -> dict[str, str]:
-        feats = features(examples)
-        best: dict[str, tuple[float, tuple[int, int] | None]] = {}
-        for i in range(0, len(feats), 32):
-            chunk = feats[i:i + 32]
-            b = collate(chunk)
-            out = model(b["input_ids"], b["attention_mask"])
-            for f, s, e in zip(chunk, out.start_logits.tolist(), out.end_logits.tolist()):
-                cand = best_span(s, e, f["offsets"], max_answer_tokens)
-                if cand[0] > best.get(f["example_id"], (float("-inf"), None))[0]:
-                    best[f["example_id"]] = cand
-        context = {e.id: e.context for e in examples}
-        return {qid: context[qid][span[0]:span[1]].strip() if span else "" for qid, (_, span) in best.items()}
+        return predict_answers(model, tok, examples, config.max_length, stride, max_answer_tokens)[0]
 
     def scores(examples):
         return squad_scores(predict(examples), {e.id: e.answers for e in examples})
 
-    result = finetune(model, features(train), collate, lambda m: scores(dev)["f1"], config)
+    train_features = [{"input_ids": f["input_ids"], "start": f["start"], "end": f["end"]} for f in features(train)]
+    result = fit(model, train_features, get_task("qa"), config, out_dir, evaluate=lambda m: scores(dev)["f1"],
+                 tokenizer=tok, world=world)
+    if not result.completed:
+        raise FinetuneStopped(result)
     per_language = {lang: scores(ex) | {"examples": len(ex)} for lang, ex in sorted(tests.items())}
     info = {"train_examples": len(train), "dev_examples": len(dev), "best_step": result.best_step,
-            "steps": result.steps, "dev_f1": result.best_score, "stride": stride, "finetune": config.to_dict()}
+            "steps": result.steps, "dev_f1": result.best_score, "stride": stride, "finetune": config.to_dict(),
+            "fit": fit_summary(result)}
+    if return_model:
+        info["model"], info["tokenizer"] = model, tok
     return per_language, info
 
 
+def predict_answers(model, tok, examples: list[QAExample], max_length: int, stride: int, max_answer_tokens: int = 30,
+                    with_scores: bool = False):
+    """(answer text, character span in the context) per question id: the best span over all its windows;
+    ``with_scores`` adds the span scores (start + end logit)."""
+    bos, eos, _ = special_ids(tok, model.config)
+    feats = [f for e in examples for f in windows(tok, e, max_length, stride, bos=bos, eos=eos)]
+    best: dict[str, tuple[float, tuple[int, int] | None]] = {e.id: (float("-inf"), None) for e in examples}
+    for group, out, _ in run_unpadded(model, [f["input_ids"] for f in feats]):
+        for k, i in enumerate(group):
+            f, n = feats[i], len(feats[i]["input_ids"])
+            cand = best_span(out.start_logits[k, :n].tolist(), out.end_logits[k, :n].tolist(), f["offsets"],
+                             max_answer_tokens)
+            if cand[0] > best[f["example_id"]][0]:
+                best[f["example_id"]] = cand
+    context = {e.id: e.context for e in examples}
+    spans = {qid: span for qid, (_, span) in best.items()}
+    texts = {qid: context[qid][s[0]:s[1]].strip() if s else "" for qid, s in spans.items()}
+    if with_scores:
+        return texts, spans, {qid: score for qid, (score, _) in best.items()}
+    return texts, spans
+
+
 def run_qa(checkpoint, *, data=None, train=None, dev=None, test=None, tokenizer=None, config=None,
-           languages=None, stride: int = 32, **_) -> dict:
+           languages=None, stride: int | None = None, **_) -> dict:
     """Files: ``train`` (SQuAD JSON), optional ``dev`` for early stopping (else a seeded 10% of train),
     ``test`` (one or more files, ``LANG=PATH`` or language from TyDiQA ids / the file name); with ``data``
     DIR the defaults are ``DIR/train.json`` and ``DIR/dev.json``."""

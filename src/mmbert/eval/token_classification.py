@@ -9,15 +9,27 @@ train on one language's file, test on the others.
 from __future__ import annotations
 
 import bisect
+import logging
 
 import torch
 
 from mmbert.eval.classification import split_dev
-from mmbert.eval.common import data_file, load_model, load_tokenizer, pad_batch, special_ids
-from mmbert.eval.finetune import FinetuneConfig, finetune, seed_everything
+from mmbert.eval.common import data_file, load_tokenizer, special_ids
+from mmbert.eval.finetune import (
+    FinetuneConfig,
+    FinetuneStopped,
+    fit,
+    fit_summary,
+    get_task,
+    label_order,
+    run_unpadded,
+    task_model,
+)
 from mmbert.eval.loaders import TokenExample, parse_file_spec, read_conll
 from mmbert.eval.metrics import entity_scores
 from mmbert.model import MmBertForTokenClassification
+
+log = logging.getLogger(__name__)
 
 
 def align(tok, words: tuple[str, ...], max_length: int, bos: int, eos: int) -> tuple[list[int], list[int]]:
@@ -39,54 +51,65 @@ def align(tok, words: tuple[str, ...], max_length: int, bos: int, eos: int) -> t
     return ids + [eos], first_of + [-1]
 
 
+def tag_features(tok, examples: list[TokenExample], label_id: dict[str, int], max_length: int, bos: int,
+                 eos: int) -> list[dict]:
+    """``{"input_ids", "labels", "first_of"}`` per sentence: the label on each word's first piece, -100 elsewhere."""
+    out = []
+    for e in examples:
+        ids, first_of = align(tok, e.tokens, max_length, bos, eos)
+        out.append({"input_ids": ids, "first_of": first_of,
+                    "labels": [label_id.get(e.tags[w], -100) if w >= 0 else -100 for w in first_of]})
+    return out
+
+
 def finetune_tagger(checkpoint, train: list[TokenExample], dev: list[TokenExample],
                     tests: dict[str, list[TokenExample]], *, tokenizer=None,
-                    config: FinetuneConfig | None = None) -> tuple[dict, dict]:
+                    config: FinetuneConfig | None = None, out_dir=None, world=None,
+                    return_model: bool = False, strict_labels: bool = False) -> tuple[dict, dict]:
+    """Fine-tune a tagger; dev / test tags unseen in training are an error with ``strict_labels`` (the
+    product), else a warning (benchmarks scored zero-shot on another tag set count them as misses)."""
     config = config or FinetuneConfig()
     tok = load_tokenizer(checkpoint, tokenizer)
-    labels = sorted({t for e in train for t in e.tags})
+    labels = label_order(t for e in train for t in e.tags)
+    for name, examples in {"dev": dev, **{f"test ({k})": v for k, v in tests.items()}}.items():
+        unknown = sorted({t for e in examples for t in e.tags} - set(labels))
+        if unknown:
+            message = f"{name} tags {unknown[:5]} never occur in the training data"
+            if strict_labels:
+                raise ValueError(message)
+            log.warning("%s: they are scored as misses", message)
     label_id = {lab: i for i, lab in enumerate(labels)}
-    seed_everything(config.seed)
-    model = load_model(MmBertForTokenClassification, checkpoint, num_labels=len(labels))
-    bos, eos, pad = special_ids(tok, model.config)
+    torch.manual_seed(config.seed)
+    model = task_model(MmBertForTokenClassification, checkpoint, labels)
+    bos, eos, _ = special_ids(tok, model.config)
 
-    def features(examples):
-        out = []
-        for e in examples:
-            ids, first_of = align(tok, e.tokens, config.max_length, bos, eos)
-            out.append({"input_ids": ids, "first_of": first_of,
-                        "labels": [label_id.get(e.tags[w], -100) if w >= 0 else -100 for w in first_of]})
-        return out
-
-    def collate(batch):
-        ids, mask = pad_batch([f["input_ids"] for f in batch], pad)
-        lab, _ = pad_batch([f["labels"] for f in batch], pad, value_pad=-100)
-        return {"input_ids": ids, "attention_mask": mask, "labels": lab}
-
-    @torch.inference_mode()
     def predict(examples) -> list[list[str]]:
-        feats, out = features(examples), []
-        for i in range(0, len(feats), 64):
-            chunk = feats[i:i + 64]
-            b = collate(chunk)
-            pred = model(b["input_ids"], b["attention_mask"]).logits.argmax(-1).tolist()
-            for f, p, e in zip(chunk, pred, examples[i:i + 64]):
-                tags = ["O"] * len(e.tokens)
-                for pos, w in enumerate(f["first_of"]):
+        feats, out = tag_features(tok, examples, label_id, config.max_length, bos, eos), [None] * len(examples)
+        for group, o, cu in run_unpadded(model, [f["input_ids"] for f in feats]):
+            pred = o.logits.argmax(-1).tolist()  # (N,) over the stream
+            for k, i in enumerate(group):
+                tags = ["O"] * len(examples[i].tokens)  # words cut off by max_length: O
+                for pos, w in enumerate(feats[i]["first_of"]):
                     if w >= 0:
-                        tags[w] = labels[p[pos]]
-                out.append(tags)
+                        tags[w] = labels[pred[int(cu[k]) + pos]]
+                out[i] = tags
         return out
 
     def scores(examples):
         s = entity_scores(predict(examples), [list(e.tags) for e in examples])
         return {k: v for k, v in s.items() if k != "per_type"} | {"per_type_f1": s["per_type"]}
 
-    result = finetune(model, features(train), collate, lambda m: scores(dev)["f1"], config)
+    feats = tag_features(tok, train, label_id, config.max_length, bos, eos)
+    result = fit(model, feats, get_task("token-classification"), config, out_dir,
+                 evaluate=lambda m: scores(dev)["f1"], tokenizer=tok, world=world)
+    if not result.completed:
+        raise FinetuneStopped(result)
     per_language = {lang: scores(ex) | {"sentences": len(ex)} for lang, ex in sorted(tests.items())}
     info = {"labels": labels, "train_sentences": len(train), "dev_sentences": len(dev),
             "best_step": result.best_step, "steps": result.steps, "dev_f1": result.best_score,
-            "finetune": config.to_dict()}
+            "finetune": config.to_dict(), "fit": fit_summary(result)}
+    if return_model:
+        info["model"], info["tokenizer"] = model, tok
     return per_language, info
 
 

@@ -27,7 +27,7 @@ from mmbert.corpus import load_corpus, split_heldout
 from mmbert.corpus.languages import lang_of
 from mmbert.eval.classification import finetune_classifier
 from mmbert.eval.common import embed, encoder_of, load_model, load_tokenizer
-from mmbert.eval.finetune import FinetuneConfig
+from mmbert.eval.finetune import FinetuneConfig, config_with
 from mmbert.eval.heldout import heldout_mlm_loss
 from mmbert.eval.loaders import TextExample
 from mmbert.eval.metrics import f1_per_class, macro_f1, top1_correct
@@ -111,8 +111,8 @@ def langid_label(lang_id: str) -> str:
 def language_identification(checkpoint, tokenizer=None, *, records=None, languages=None,
                             config: FinetuneConfig | None = None) -> dict:
     """Fine-tune a classifier over the corpus's languages; accuracy and F1 per language, macro-F1 overall."""
-    config = config or FinetuneConfig(lr=3e-4, batch_size=32, max_steps=400, eval_every=100, patience=2,
-                                      max_length=64)
+    config = config or config_with(epochs=1e6, lr=3e-4, batch_size=32, max_steps=400, eval_every=100, patience=2,
+                                   max_length=64, progress=False)
     train, dev, test = [], [], []
     for r in _records(records, languages):
         ex = TextExample(r.text, None, langid_label(r.lang_id), langid_label(r.lang_id))

@@ -1,7 +1,9 @@
 """Task heads on the encoder, laid out as transformers' ModernBert*For* classes (``model.*``, ``head.*``,
 ``classifier.*``), so a fine-tuned mmbert checkpoint opens in transformers and back.
 
-Each head accepts the padded call ``(input_ids (B, T), attention_mask (B, T))``; the encoder unpads inside.
+Each head accepts the padded call ``(input_ids (B, T), attention_mask (B, T))`` (the encoder unpads inside)
+and the unpadded one ``(input_ids (N,), cu_seqlens=(D+1,))`` that fine-tuning batches use: no pads at
+all, token outputs flat (N, ...), pooled outputs (D, ...). Same numbers either way.
 The MLM checkpoint's ``head`` (dense -> act -> norm) is reused by the classification heads, as in
 transformers; ``classifier`` is created fresh when the checkpoint has none.
 """
@@ -57,10 +59,23 @@ class _HeadModel(MmBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, num_outputs)
         self.init_weights(skip="model.")
 
-    def _encode(self, input_ids, attention_mask):
+    def _encode(self, input_ids, attention_mask, cu_seqlens=None, max_seqlen=None):
+        if cu_seqlens is not None:
+            return self.model(input_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).last_hidden_state, None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return self.model(input_ids, attention_mask).last_hidden_state, attention_mask
+
+
+def segments(flat: torch.Tensor, cu_seqlens: torch.Tensor, fill: float) -> torch.Tensor:
+    """Per-token values of an unpadded stream laid out per sequence: (N,), (D+1,) -> (D, T_max), ``fill``
+    past each sequence's end."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), lengths)
+    pos = torch.arange(flat.shape[0], device=flat.device) - cu_seqlens[:-1].long()[seq]
+    out = flat.new_full((len(lengths), int(lengths.max())), fill)
+    out[seq, pos] = flat
+    return out
 
 
 class MmBertForSequenceClassification(_HeadModel):
@@ -72,9 +87,13 @@ class MmBertForSequenceClassification(_HeadModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids, attention_mask=None, labels=None) -> ClassifierOutput:
-        hidden, attention_mask = self._encode(input_ids, attention_mask)
-        if self.config.classifier_pooling == "mean":
+    def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None
+                ) -> ClassifierOutput:
+        hidden, attention_mask = self._encode(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        if cu_seqlens is not None:
+            pooled = (varlen_mean_pool(hidden, cu_seqlens) if self.config.classifier_pooling == "mean"
+                      else hidden[cu_seqlens[:-1].long()])  # (D, H)
+        elif self.config.classifier_pooling == "mean":
             pooled = mean_pool(hidden, attention_mask)
         else:
             pooled = hidden[:, 0]
@@ -94,9 +113,10 @@ class MmBertForTokenClassification(_HeadModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids, attention_mask=None, labels=None) -> ClassifierOutput:
-        hidden, _ = self._encode(input_ids, attention_mask)
-        logits = self.classifier(self.drop(self.head(hidden)))  # (B, T, num_labels)
+    def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None
+                ) -> ClassifierOutput:
+        hidden, _ = self._encode(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        logits = self.classifier(self.drop(self.head(hidden)))  # (B, T, num_labels) or unpadded (N, num_labels)
         loss = None
         if labels is not None:  # -100 marks pads and non-first sub-words
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
@@ -109,12 +129,17 @@ class MmBertForQuestionAnswering(_HeadModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config.replace(num_labels=2), 2)  # start and end logits
 
-    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None):
-        hidden, attention_mask = self._encode(input_ids, attention_mask)
-        logits = self.classifier(self.drop(self.head(hidden)))  # (B, T, 2)
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None, *, cu_seqlens=None,
+                max_seqlen=None):
+        """Start / end logits (B, T); unpadded input gives them per sequence too, (D, T_max), -1e4 past the end."""
+        hidden, attention_mask = self._encode(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        logits = self.classifier(self.drop(self.head(hidden)))  # (B, T, 2) or (N, 2)
         start, end = logits.float().unbind(dim=-1)
-        pad = ~attention_mask.bool()
-        start, end = start.masked_fill(pad, -1e4), end.masked_fill(pad, -1e4)  # pads are never answers
+        if cu_seqlens is not None:
+            start, end = segments(start, cu_seqlens, -1e4), segments(end, cu_seqlens, -1e4)
+        else:
+            pad = ~attention_mask.bool()
+            start, end = start.masked_fill(pad, -1e4), end.masked_fill(pad, -1e4)  # pads are never answers
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2

@@ -117,7 +117,9 @@ class MLP(nn.Module):
         inp, gate = self.Wi(x).chunk(2, dim=-1)
         if torch.is_grad_enabled() and x.requires_grad:
             return self.Wo(self.drop(self.act(inp) * gate))
-        return self.Wo(self.act(inp).mul_(gate))  # inference: no (N, intermediate) temporary
+        # No graph: gate in place (no (N, intermediate) temporary). Dropout still applies in training mode,
+        # so a no-grad forward draws the same masks as one with grad (GradCache's first pass, train/gradcache.py).
+        return self.Wo(self.drop(self.act(inp).mul_(gate)))
 
 
 class EncoderLayer(nn.Module):

@@ -28,8 +28,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mmbert.model import CheckpointError, ModelConfig, MmBertForEmbedding, MmBertForMaskedLM
+from mmbert.model import (
+    CheckpointError,
+    ModelConfig,
+    MmBertForEmbedding,
+    MmBertForMaskedLM,
+    MmBertForSequenceClassification,
+)
 from mmbert.model.batching import pack_by_tokens
+from mmbert.model.st_layout import trained_dimensions
 from mmbert.tokenizer import Tokenizer
 
 DEFAULT_BATCH_TOKENS = 16_384  # 16k tokens: ~1 GB of activations at H=768 in fp32; fine on CPU and GPU
@@ -109,7 +116,10 @@ class Encoder:
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length {self.max_length} leaves no room for text beside the special tokens")
         self.model = MmBertForEmbedding.from_pretrained(self.path, device=self.device)
+        # the sizes an embedding model was trained to give (Matryoshka dims + full); None: not declared
+        self.trained_dimensions = trained_dimensions(self.path, self.config.hidden_size)
         self._mlm: MmBertForMaskedLM | None = None
+        self._classifier: MmBertForSequenceClassification | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -184,6 +194,51 @@ class Encoder:
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    # -- classification (a checkpoint written by `mmbert finetune --task classification`) ---------------
+    @property
+    def is_classifier(self) -> bool:
+        return (self.config.extra.get("architectures") or [""])[0] == "ModernBertForSequenceClassification"
+
+    def classifier(self) -> MmBertForSequenceClassification:
+        """The sequence-classification model, loaded on first use; it shares the encoder with embeddings."""
+        if self._classifier is None:
+            if not self.is_classifier:
+                raise ValueError(f"{self.path} is not a sequence-classification model (its config.json names "
+                                 f"{self.config.extra.get('architectures')}); fine-tune one with mmbert finetune")
+            clf = MmBertForSequenceClassification.from_pretrained(self.path, device=self.device)
+            self.model.model = clf.model
+            self._classifier = clf
+        return self._classifier
+
+    def labels(self) -> list[str]:
+        id2label = self.config.extra.get("id2label") or {}
+        return [id2label.get(str(i), f"LABEL_{i}") for i in range(self.config.num_labels)]
+
+    def classify_ids(self, sequences: Sequence[Sequence[int]], batch_tokens: int | None = None) -> list[dict]:
+        """``{"label", "score", "scores": {label: probability}}`` per tokenised sequence (regression models:
+        ``{"score": value}``), in input order; unpadded token-budgeted batches."""
+        clf, labels = self.classifier(), self.labels()
+        out: list[dict] = [{}] * len(sequences)
+        lengths = [len(s) for s in sequences]
+        for batch in pack_by_tokens(lengths, batch_tokens or self.batch_tokens):
+            flat = torch.tensor([t for i in batch for t in sequences[i]], dtype=torch.long, device=self.device)
+            cu = torch.tensor(np.concatenate([[0], np.cumsum([lengths[i] for i in batch])]), dtype=torch.int32,
+                              device=self.device)
+            with torch.inference_mode(), self._autocast():
+                logits = clf(flat, cu_seqlens=cu, max_seqlen=max(lengths[i] for i in batch)).logits.float()
+            if self.config.num_labels == 1:
+                for i, v in zip(batch, logits.squeeze(-1).tolist()):
+                    out[i] = {"score": v}
+                continue
+            for i, p in zip(batch, logits.softmax(dim=-1).tolist()):
+                j = max(range(len(p)), key=p.__getitem__)
+                out[i] = {"label": labels[j], "score": p[j], "scores": dict(zip(labels, p))}
+        return out
+
+    def classify(self, texts: Sequence[str]) -> list[dict]:
+        """Labels with scores for ``texts`` (truncated to ``max_length``), as ``classify_ids``."""
+        return self.classify_ids([self.truncate(x) for x in self.tokenize(list(texts))])
 
     # -- fill-mask -------------------------------------------------------------------------------------
     def masked_lm(self) -> MmBertForMaskedLM:

@@ -5,19 +5,20 @@
   ``AutoTokenizer`` load it offline. The MLM head is kept when the checkpoint has one.
 - ``sentence-transformers``: the bare encoder in the ``hf`` layout plus modules.json
   (Transformer -> Pooling(mean) -> Normalize, the legacy class paths that load in old and new releases),
-  sentence_bert_config.json and 1_Pooling/config.json (see shared/reference/ecosystem-notes.md). Its
-  ``encode`` equals ``Encoder.encode``.
+  sentence_bert_config.json and 1_Pooling/config.json (``model.st_layout``, also what ``mmbert finetune
+  --task embedding`` writes). Its ``encode`` equals ``Encoder.encode``.
 - ``onnx``: ``model.onnx`` for the embedding model, traced on the dense padded path (``unpad = False``: no
   data-dependent Python loops) with torch's legacy exporter (``dynamo=False``, opset 17), dynamic batch and
   sequence axes. Inputs ``input_ids``, ``attention_mask`` (int64, (B, T)); outputs ``last_hidden_state``
-  (B, T, H; zeros at pads) and ``sentence_embedding`` (B, H; mean-pooled, L2-normalised). The tokenizer
-  files sit beside it.
+  (B, T, H; zeros at pads) and ``sentence_embedding`` (B, H; mean-pooled, L2-normalised). A fine-tuned task
+  model (``mmbert finetune``; config.json's architecture) exports its head's outputs instead: ``logits``
+  (sequence classification (B, C), token classification (B, T, C)) or ``start_logits`` / ``end_logits`` (QA,
+  (B, T)). The tokenizer files sit beside it.
 Writes go to a temporary sibling directory renamed into place, so a failed export leaves nothing half-done.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -27,8 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbert.model import CheckpointError, ModelConfig, MmBertForMaskedLM, MmBertModel, mean_pool
+from mmbert.model import (
+    CheckpointError,
+    ModelConfig,
+    MmBertForMaskedLM,
+    MmBertForQuestionAnswering,
+    MmBertForSequenceClassification,
+    MmBertForTokenClassification,
+    MmBertModel,
+    mean_pool,
+)
 from mmbert.model.checkpoint import atomic_directory_write
+from mmbert.model.st_layout import read_embedding_info, write_sentence_transformers_files
 from mmbert.serve.encoder import load_tokenizer
 
 FORMATS = ("hf", "sentence-transformers", "onnx")
@@ -83,28 +94,8 @@ def _write_hf(checkpoint: Path, out: Path, max_length: int | None, with_head: bo
 
 def _write_sentence_transformers(checkpoint: Path, out: Path, max_length: int | None) -> None:
     max_length = _write_hf(checkpoint, out, max_length, with_head=False)
-    hidden = ModelConfig.load(checkpoint).hidden_size
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    pooling = {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True,
-    }
-    _dump(out / "modules.json", modules)
-    _dump(out / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
-    _dump(out / "config_sentence_transformers.json", {"similarity_fn_name": "cosine", "prompts": {},
-                                                      "default_prompt_name": None})
-    (out / "1_Pooling").mkdir()
-    _dump(out / "1_Pooling" / "config.json", pooling)
-    (out / "2_Normalize").mkdir()
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    info = read_embedding_info(checkpoint)  # an embedding model keeps its trained (Matryoshka) sizes
+    write_sentence_transformers_files(out, ModelConfig.load(checkpoint).hidden_size, max_length, info)
 
 
 class OnnxEmbedding(nn.Module):
@@ -120,10 +111,38 @@ class OnnxEmbedding(nn.Module):
         return hidden, F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, H)
 
 
+class OnnxTask(nn.Module):
+    """(input_ids, attention_mask) -> a fine-tuned head's outputs (``logits``, or QA's start / end logits)
+    on the dense padded path."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.model.model.unpad = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(input_ids, attention_mask)
+        return (out.start_logits, out.end_logits) if hasattr(out, "start_logits") else out.logits
+
+
+TASK_HEADS = {"ModernBertForSequenceClassification": MmBertForSequenceClassification,
+              "ModernBertForTokenClassification": MmBertForTokenClassification,
+              "ModernBertForQuestionAnswering": MmBertForQuestionAnswering}
+
+
 def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
-    module = OnnxEmbedding(MmBertModel.from_pretrained(checkpoint)).eval()
     # Example long enough to cross a local window and with a padded row, so no branch is traced away.
     config = ModelConfig.load(checkpoint)
+    arch = (config.extra.get("architectures") or [""])[0]
+    if arch in TASK_HEADS:  # a fine-tuned task model: export what it predicts
+        module = OnnxTask(TASK_HEADS[arch].from_pretrained(checkpoint)).eval()
+        names = ["start_logits", "end_logits"] if arch.endswith("QuestionAnswering") else ["logits"]
+        axes = {n: {0: "batch"} if arch.endswith("SequenceClassification") else {0: "batch", 1: "sequence"}
+                for n in names}
+    else:
+        module = OnnxEmbedding(MmBertModel.from_pretrained(checkpoint)).eval()
+        names = ["last_hidden_state", "sentence_embedding"]
+        axes = {"last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}}
     t = min(config.local_attention + 8, config.max_position_embeddings)
     ids = torch.randint(5, config.vocab_size, (2, t), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, t, dtype=torch.long)
@@ -133,9 +152,10 @@ def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
         warnings.simplefilter("ignore")  # deprecation and tracer warnings of the legacy exporter
         torch.onnx.export(
             module, (ids, mask), str(out / "model.onnx"), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state", "sentence_embedding"],
+            input_names=["input_ids", "attention_mask"], output_names=names,
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}},
+                          **axes},
         )
-    config.replace(extra={**config.extra, "architectures": ["ModernBertModel"]}).save(out)
+    arch = arch if arch in TASK_HEADS else "ModernBertModel"
+    config.replace(extra={**config.extra, "architectures": [arch]}).save(out)
     _save_tokenizer(checkpoint, out, max_length)

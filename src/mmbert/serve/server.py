@@ -1,4 +1,10 @@
-"""HTTP server: OpenAI-compatible ``POST /v1/embeddings``, ``POST /fill-mask`` and ``GET /health``.
+"""HTTP server: OpenAI-compatible ``POST /v1/embeddings``, ``POST /fill-mask``, ``POST /v1/classify`` (models
+fine-tuned for classification) and ``GET /health``.
+
+``/v1/classify``: ``{"input": str | [str, ...], "model"?: str}`` ->
+``{"object": "list", "data": [{"index", "label", "score", "scores": {label: probability}}], "model", "usage"}``
+(regression models: ``{"index", "score"}``); the same input checks and limits as embeddings (texts only). A
+model that is not a classifier answers 400 ``classify_unavailable``.
 
 Built on FastAPI + uvicorn. Requests are parsed and checked by hand rather than by pydantic models, so every
 refusal carries OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status,
@@ -18,7 +24,10 @@ and nothing a client sends can crash the process:
 Embedding requests from concurrent clients are micro-batched (``batching.MicroBatcher``): one unpadded
 forward per few milliseconds, on one model thread. Floats are sent as JSON numbers (float32 values, exact)
 or, with ``encoding_format: "base64"``, as base64 of little-endian float32 bytes, which is what the
-official OpenAI client asks for by default. ``dimensions`` truncates and re-normalises (Matryoshka style).
+official OpenAI client asks for by default. ``dimensions`` truncates and re-normalises (Matryoshka style): an
+embedding model that declares its trained sizes (``mmbert_embedding.json``, written by ``mmbert finetune --task
+embedding``) accepts only those (its Matryoshka dims and the full size), since a truncation the loss never saw
+is a worse embedding; a checkpoint that declares none accepts any size up to the hidden size.
 
 Connections (``Timeouts``, applied by ``uvicorn_config``): a request's headers must be complete within
 ``header_s`` of the connection opening or of the previous response (uvicorn has no such timeout; its
@@ -208,6 +217,8 @@ def create_app(
     except ValueError as e:
         fill_mask_error = str(e)
     encoder.encode_ids(encoder.tokenize(["warm-up"]), progress=False)  # warm-up: the first forward pays one-off set-up costs
+    if encoder.is_classifier:
+        encoder.classify(["warm-up"])  # loads the head now, not on the first request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -239,7 +250,9 @@ def create_app(
     async def health():
         return {
             "status": "ok", "model": model_name, "hidden_size": encoder.hidden_size, "max_tokens": max_tokens,
-            "max_inputs": limits.max_inputs, "fill_mask": fill_mask_error is None, "batching": batcher.stats.as_dict(),
+            "dimensions": list(encoder.trained_dimensions) if encoder.trained_dimensions else None,
+            "max_inputs": limits.max_inputs, "fill_mask": fill_mask_error is None, "classify": encoder.is_classifier,
+            "batching": batcher.stats.as_dict(),
         }
 
     @app.post("/v1/embeddings")
@@ -261,6 +274,10 @@ def create_app(
         if dims is not None and (not _is_int(dims) or not 1 <= dims <= encoder.hidden_size):
             raise ApiError(400, f"'dimensions' must be an integer in [1, {encoder.hidden_size}], got {dims!r}",
                            param="dimensions", code="invalid_value")
+        trained = encoder.trained_dimensions
+        if dims is not None and trained is not None and dims not in trained:
+            raise ApiError(400, f"'dimensions' {dims} is not a size this model was trained for; use one of "
+                           f"{list(trained)}", param="dimensions", code="invalid_value")
         if kind == "texts":
             sequences = await tokenize(encoder, items, "input")
         else:
@@ -289,6 +306,29 @@ def create_app(
             "model": model_name,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         })
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        data = await read_json_object(request, limits)
+        kind, items = parse_input(data.get("input"))
+        if kind != "texts":
+            raise ApiError(400, "'input' must be a string or a list of strings for /v1/classify", param="input",
+                           code="invalid_type")
+        if len(items) > limits.max_inputs:
+            raise ApiError(400, f"'input' has {len(items)} items; the limit is {limits.max_inputs}",
+                           param="input", code="too_many_inputs")
+        if not encoder.is_classifier:
+            raise ApiError(400, f"model {model_name!r} is not a classifier (fine-tune one with mmbert finetune)",
+                           code="classify_unavailable")
+        sequences = await tokenize(encoder, items, "input")
+        for i, seq in enumerate(sequences):
+            if len(seq) > max_tokens:
+                raise ApiError(400, f"input[{i}] has {len(seq)} tokens; the limit is {max_tokens} per input",
+                               param="input", code="context_length_exceeded")
+        results = await batcher.call(encoder.classify_ids, sequences)
+        n_tokens = sum(map(len, sequences))
+        return {"object": "list", "data": [{"index": i, **r} for i, r in enumerate(results)], "model": model_name,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
     @app.post("/fill-mask")
     async def fill_mask(request: Request):

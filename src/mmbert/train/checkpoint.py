@@ -2,7 +2,8 @@
 
 Layout of one checkpoint directory (flat, written to a temporary directory, fsynced, renamed)::
 
-    config.json, model.safetensors     the model in transformers' ModernBERT layout (opens anywhere)
+    config.json, model.safetensors     the model in transformers' ModernBERT layout (opens anywhere), under
+                                       its own architecture (ModernBertForMaskedLM, or a fine-tuned task head)
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   when the run has a tokenizer
     optimizer.pt                       AdamW state (torch.save; loaded with weights_only=True)
     trainer_state.json                 step, tokens, stage, data-pipeline state and RNG states per rank
@@ -121,7 +122,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         if getattr(config, "tie_word_embeddings", False):
             tensors.pop("decoder.weight", None)
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        config = config.replace(extra={**config.extra, "architectures": ["ModernBertForMaskedLM"]})
+        # the model's own class name in transformers (MaskedLM, or a task head of fine-tuning)
+        architecture = getattr(unwrap(model), "architecture", "ModernBertForMaskedLM")
+        config = config.replace(extra={**config.extra, "architectures": [architecture]})
         state = {**trainer_state, "world_size": len(per_rank), "num_threads": torch.get_num_threads(),
                  "data": [r["data"] for r in per_rank], "rng": [r["rng"] for r in per_rank]}
 

@@ -35,22 +35,21 @@ from mmbert.train.batches import Corpus, build_source, load_heldout_texts, prepa
 from mmbert.train.config import TrainConfig, load_config
 from mmbert.train.hooks import TrainerHooks
 from mmbert.train.metrics import MetricsLog, Progress
-from mmbert.train.optim import autocast, build_optimizer, clip_gradients, resolve_precision, set_lr
+from mmbert.train.optim import autocast, build_optimizer, resolve_precision, set_lr
 from mmbert.train.parallel import (
     World,
-    all_reduce_sum,
     any_rank,
     barrier,
     destroy_distributed,
     init_distributed,
     is_fsdp,
-    no_sync,
     parallelize,
     unwrap,
 )
 from mmbert.train.phases import Stage, plan_stages, resolve_languages, sampling_sizes
 from mmbert.train.rundir import lock_run_dir
 from mmbert.train.schedule import batch_tokens_at, lr_at, phase_steps
+from mmbert.train.step import MlmTask, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -351,30 +350,12 @@ class Trainer:
 
     def _step(self, model, optimizer, source, accum: int, ac, cfg: TrainConfig) -> tuple[float, float, int, int]:
         """One optimizer step over ``accum`` micro-batches per rank; returns (loss, grad norm, tokens, predicted)."""
-        device = self.world.device
         t0 = time.perf_counter()
         micro = [next(source) for _ in range(accum)]
         self._data_s = time.perf_counter() - t0
-        counts = torch.tensor([sum(int((b["labels"] != -100).sum()) for b in micro),
-                               sum(int(b["num_tokens"]) for b in micro)], dtype=torch.float64, device=device)
-        n_pred, n_tokens = (int(x) for x in all_reduce_sum(counts).tolist())
-        scale = self.world.world_size / max(n_pred, 1)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, b in enumerate(micro):
-            labels = b["labels"].to(device)
-            n_i = int((labels != -100).sum())
-            with no_sync(model, i == accum - 1), ac():
-                out = model(b["input_ids"].to(device), labels=labels, cu_seqlens=b["cu_seqlens"].to(device),
-                            max_seqlen=int(b["max_seqlen"]), position_ids=b["position_ids"].to(device))
-                token_loss = out.loss.float() * n_i
-            (token_loss * scale).backward()
-            loss_sum += token_loss.detach().double()
-        loss = float(all_reduce_sum(loss_sum)) / max(n_pred, 1)
-        grad_norm = float(clip_gradients(model, cfg.optimizer.grad_clip)) if math.isfinite(loss) else math.nan
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, n_tokens, n_pred
+        r = optimizer_step(model, optimizer, micro, MlmTask(), device=self.world.device,
+                           world_size=self.world.world_size, autocast=ac, grad_clip=cfg.optimizer.grad_clip)
+        return r.loss, r.grad_norm, r.tokens, r.units
 
     def _state(self, stage: Stage, stage_step: int, total: int) -> dict:
         return {"step": self.step, "tokens": self.tokens, "stage_index": stage.index, "stage_step": stage_step,
