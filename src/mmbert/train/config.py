@@ -118,7 +118,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)  # where the training text comes from
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)  # AdamW settings
     micro_batch_tokens: int = 4096  # tokens per rank per forward; gradient accumulation fills the global batch
-    threads: int = 0  # torch CPU threads (0 = the cores this process may use); set once when training starts
+    threads: int = 0  # torch CPU threads, set when training starts (0 = leave torch's setting: by default every core)
     precision: str = "auto"  # auto (bf16 autocast where the device supports it) | bf16 | fp32
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard), used when more than one process runs

@@ -4,7 +4,9 @@ Choices:
 - Threads: ``torch.get_num_threads()`` defaults to the machine's cores; on a shared machine OpenMP's
   busy-waiting workers collapse when another process takes a core. ``set_threads(n)`` sets torch's intra-op
   threads to ``n`` (None: the number of cores this process may run on, ``os.sched_getaffinity``), and one
-  inter-op thread (the trainer runs no parallel graph branches).
+  inter-op thread (the trainer runs no parallel graph branches). ``import mmbert`` sets
+  ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch loads OpenMP): idle workers sleep instead of spinning, so
+  a shared core is not burnt waiting (2.5x faster steps at 2 threads on a loaded 2-core machine).
 - ``compile_model`` wraps the model's encoder layers with ``torch.compile`` (inductor); the module tree
   and state dict are unchanged, so checkpoints, merges and exports see the plain model.
 """
