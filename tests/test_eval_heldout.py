@@ -59,3 +59,35 @@ def test_loss_matches_direct_computation_and_ignores_batching():
             n += int(sel.sum())
     assert math.isclose(big["fra_Latn"], tot / n, abs_tol=1e-4), f"{big['fra_Latn']} vs {tot / n}"
     assert model.training is False  # mode restored (it was eval here)
+
+
+class CountingTokenizer(CharTokenizer):
+    def __init__(self):
+        self.calls = 0
+
+    def encode_batch(self, texts, add_special_tokens=True):
+        self.calls += 1
+        return super().encode_batch(texts, add_special_tokens)
+
+
+def test_fixed_set_is_built_once_and_reused():
+    """The trainer evaluates every N steps and the recipe each checkpoint: the set is tokenized and masked once
+    per (tokenizer, texts, settings); changed text or settings build a new one; the numbers are the same."""
+    from mmbert.eval.heldout import HeldoutSet
+
+    torch.manual_seed(0)
+    model = MmBertForMaskedLM(ModelConfig.from_preset("tiny"))
+    tok = CountingTokenizer()
+    first = heldout_mlm_loss(model, tok, TEXTS, seq_len=32, seed=1)
+    calls = tok.calls
+    assert calls == len(TEXTS)  # one encode_batch a language
+    assert heldout_mlm_loss(model, tok, TEXTS, seq_len=32, seed=1) == first
+    assert tok.calls == calls  # reused: nothing tokenized again
+    heldout_mlm_loss(model, tok, TEXTS, seq_len=32, seed=2)
+    assert tok.calls == 2 * calls  # another masking seed: another set
+    changed = {**TEXTS, "fra_Latn": ["autre texte " * 5]}
+    heldout_mlm_loss(model, tok, changed, seq_len=32, seed=1)
+    assert tok.calls == 3 * calls
+    fresh = HeldoutSet.build(CharTokenizer(), TEXTS, seq_len=32, seed=1, batch_tokens=40).evaluate(model)
+    for lang in TEXTS:  # many small batches or one large: the same losses
+        assert math.isclose(fresh[lang], first[lang], rel_tol=1e-5)

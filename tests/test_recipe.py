@@ -60,3 +60,20 @@ def test_recipe_section_is_validated(tmp_path):
         load_recipe(path)
     cfg, recipe = load_recipe(CONFIG, quick=True)
     assert cfg.phases[0].steps == 12 and "fao_Latn" in recipe.evaluate["languages"]
+
+
+def test_headline_numbers_by_hand():
+    """The report's first table: decay-only gain, the share the merge keeps, merge vs best variant per group."""
+    from mmbert.recipe.report import headline, headline_table
+
+    group = {"a": "pretrain", "b": "pretrain", "m": "midtrain", "x": "decay", "y": "decay"}.get
+    loss = {"before": {"a": 5.0, "b": 5.0, "m": 6.0, "x": 8.0, "y": 9.0},
+            "eng": {"a": 4.0, "b": 4.2, "m": 5.9, "x": 7.9, "y": 8.9},
+            "all": {"a": 4.4, "b": 4.4, "m": 5.5, "x": 6.8, "y": 8.0},  # decay gain (1.2 + 1.0) / 2 = 1.1
+            "merge": {"a": 4.1, "b": 4.2, "m": 5.6, "x": 7.1, "y": 8.1}}  # merge gain (0.9 + 0.9) / 2 = 0.9
+    h = headline(loss, "before", "all", "merge", ["eng", "all"], group)
+    assert math.isclose(h["decay_gain"], 1.1) and math.isclose(h["merge_keeps"], 0.9 / 1.1)
+    assert math.isclose(h["merge_gap"]["pretrain"], 4.15 - 4.1) and math.isclose(h["merge_gap"]["midtrain"], 0.1)
+    table = "\n".join(headline_table(h, wall_min=9.5, train_tok_s=7000))
+    assert "1.100 nat" in table and "82%" in table and "+0.050 / +0.100" in table and "9.5 min" in table
+    assert table.count("✓") == 3 and table.count("✗") == 1  # the midtrain gap of 0.1 misses 0.05

@@ -77,3 +77,19 @@ def test_shipped_configs_load_and_every_field_documented():
     assert sum(p.tokens for p in full.phases[:2]) == 2_900_000_000_000
     text = describe()
     assert "mask_ratio:" in text and "variants:" in text
+
+
+def test_optimizer_kernel_and_threads(tmp_path):
+    from mmbert.model import MmBertForMaskedLM, ModelConfig
+    from mmbert.train.optim import build_optimizer
+
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.optimizer.kernel == "fused" and cfg.threads == 0
+    model = MmBertForMaskedLM(ModelConfig.from_preset("tiny"))
+    assert build_optimizer(model, cfg.optimizer).defaults["fused"] is True
+    loop = load_config(write(tmp_path, BASE), ["optimizer.kernel=for-loop"]).optimizer
+    assert build_optimizer(model, loop).defaults["foreach"] is False
+    with pytest.raises(ConfigError, match=r"optimizer.kernel.*c\.yaml"):
+        load_config(write(tmp_path, BASE), ["optimizer.kernel=fastest"])
+    with pytest.raises(ConfigError, match=r"threads"):
+        load_config(write(tmp_path, BASE), ["threads=-1"])

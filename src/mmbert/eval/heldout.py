@@ -12,6 +12,8 @@ Choices:
   same positions whatever the model, step or process.
 - The loss is the mean cross-entropy over all masked tokens of the language (a token-weighted mean, not
   a mean of batch means). Languages share batches, so hundreds of small languages cost few forwards. With ~40 masked tokens a language is noisy: report group means too.
+- The set is fixed in a second sense: tokenized, masked and packed once (``HeldoutSet``), then reused by every
+  evaluation with the same tokenizer, texts and settings. Batches are large (32k tokens) and unpadded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import math
 import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,29 +61,28 @@ def masked_pieces(tokenizer, texts: list[str], lang: str, mask_ratio: float, seq
     return list(inputs.split(sizes)), list(labels.split(sizes))
 
 
-@torch.no_grad()
-def heldout_mlm_loss(model: nn.Module, tokenizer, texts_by_lang: dict[str, list[str]], mask_ratio: float = 0.15,
-                     seq_len: int = 256, seed: int = 0, max_tokens_per_language: int | None = None,
-                     batch_tokens: int = 8192, autocast=None) -> dict[str, float]:
-    """Mean masked-token cross-entropy per language (NaN for a language with no maskable token).
+@dataclass
+class HeldoutSet:
+    """The fixed held-out set: every language's masked pieces, packed once into unpadded batches.
 
-    Pieces of all languages are packed together into batches of up to ``batch_tokens`` (a language's
-    loss does not depend on its batch-mates: pieces never attend across). ``model`` is an
-    ``MmBertForMaskedLM`` (not a DDP wrapper); ``autocast`` an optional context manager factory (e.g.
-    bf16) for the forward. The model's training/eval mode is restored afterwards.
+    Built once (tokenized, masked and packed), evaluated any number of times: ``heldout_mlm_loss`` keeps the last
+    few sets it built, so the trainer's evaluation every N steps and the recipe's evaluation of each checkpoint
+    tokenize nothing again. The masks are ``masked_pieces``'s, so the numbers do not depend on the batching.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    langs = sorted(texts_by_lang)
-    pieces: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (language index, inputs, labels)
-    for li, lang in enumerate(langs):
-        inputs, labels = masked_pieces(tokenizer, texts_by_lang[lang], lang, mask_ratio, seq_len, seed,
-                                       max_tokens_per_language)
-        pieces += [(li, x, y) for x, y in zip(inputs, labels)]
-    total = torch.zeros(len(langs), dtype=torch.float64)
-    count = torch.zeros(len(langs), dtype=torch.float64)
-    try:
+
+    langs: list[str]
+    batches: list[dict]  # input_ids, labels (masked positions only), owner, cu_seqlens, position_ids, max_seqlen
+
+    @classmethod
+    def build(cls, tokenizer, texts_by_lang: dict[str, list[str]], mask_ratio: float = 0.15, seq_len: int = 256,
+              seed: int = 0, max_tokens_per_language: int | None = None, batch_tokens: int = 32768) -> "HeldoutSet":
+        langs = sorted(texts_by_lang)
+        pieces: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (language index, inputs, labels)
+        for li, lang in enumerate(langs):
+            inputs, labels = masked_pieces(tokenizer, texts_by_lang[lang], lang, mask_ratio, seq_len, seed,
+                                           max_tokens_per_language)
+            pieces += [(li, x, y) for x, y in zip(inputs, labels)]
+        batches = []
         i = 0
         while i < len(pieces):
             j, n = i, 0
@@ -89,20 +92,74 @@ def heldout_mlm_loss(model: nn.Module, tokenizer, texts_by_lang: dict[str, list[
             chunk = pieces[i:j]
             i = j
             lab = torch.cat([y for _, _, y in chunk])
-            if not bool((lab != -100).any()):
-                continue
-            ids = torch.cat([x for _, x, _ in chunk])
-            owner = torch.cat([torch.full((len(x),), li) for li, x, _ in chunk])  # (N,) language of each token
-            lengths = torch.tensor([len(x) for _, x, _ in chunk])
-            cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-            pos = torch.cat([torch.arange(len(x)) for _, x, _ in chunk])
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                out = model(ids.to(device), labels=lab.to(device), cu_seqlens=cu.to(device),
-                            max_seqlen=int(lengths.max()), position_ids=pos.to(device))
             sel = lab != -100
-            token_loss = F.cross_entropy(out.logits.float(), lab[sel].to(device), reduction="none").double().cpu()
-            total.index_add_(0, owner[sel], token_loss)
-            count.index_add_(0, owner[sel], torch.ones_like(token_loss))
-    finally:
-        model.train(was_training)
-    return {lang: (float(total[k] / count[k]) if count[k] else float("nan")) for k, lang in enumerate(langs)}
+            if not bool(sel.any()):
+                continue
+            lengths = torch.tensor([len(x) for _, x, _ in chunk])
+            owner = torch.cat([torch.full((len(x),), li) for li, x, _ in chunk])  # (N,) language of each token
+            batches.append({"input_ids": torch.cat([x for _, x, _ in chunk]), "labels": lab,
+                            "target": lab[sel], "owner": owner[sel],
+                            "cu_seqlens": F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32),
+                            "position_ids": torch.cat([torch.arange(len(x)) for _, x, _ in chunk]),
+                            "max_seqlen": int(lengths.max())})
+        return cls(langs, batches)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, autocast=None) -> dict[str, float]:
+        """Mean masked-token cross-entropy per language (NaN for a language with no maskable token)."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total = torch.zeros(len(self.langs), dtype=torch.float64)
+        count = torch.zeros(len(self.langs), dtype=torch.float64)
+        try:
+            for b in self.batches:
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    out = model(b["input_ids"].to(device), labels=b["labels"].to(device),
+                                cu_seqlens=b["cu_seqlens"].to(device), max_seqlen=b["max_seqlen"],
+                                position_ids=b["position_ids"].to(device))
+                token_loss = F.cross_entropy(out.logits.float(), b["target"].to(device), reduction="none")
+                total.index_add_(0, b["owner"], token_loss.double().cpu())
+                count.index_add_(0, b["owner"], torch.ones(len(b["owner"]), dtype=torch.float64))
+        finally:
+            model.train(was_training)
+        return {lang: (float(total[k] / count[k]) if count[k] else float("nan")) for k, lang in enumerate(self.langs)}
+
+
+_SETS: "OrderedDict[tuple, tuple[object, HeldoutSet]]" = OrderedDict()  # key -> (tokenizer, set); newest last
+_KEEP = 4  # sets kept: the trainer's (one per language choice) and the recipe's
+
+
+def fixed_heldout_set(tokenizer, texts_by_lang: dict[str, list[str]], mask_ratio: float = 0.15, seq_len: int = 256,
+                      seed: int = 0, max_tokens_per_language: int | None = None,
+                      batch_tokens: int = 32768) -> HeldoutSet:
+    """The ``HeldoutSet`` of these arguments, built on first use and reused while the same tokenizer object and
+    the same texts are passed (the key holds the texts themselves, so changed text builds a new set)."""
+    key = (id(tokenizer), tuple((lang, tuple(texts_by_lang[lang])) for lang in sorted(texts_by_lang)), mask_ratio,
+           seq_len, seed, max_tokens_per_language, batch_tokens)
+    hit = _SETS.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        _SETS.move_to_end(key)
+        return hit[1]
+    built = HeldoutSet.build(tokenizer, texts_by_lang, mask_ratio, seq_len, seed, max_tokens_per_language,
+                             batch_tokens)
+    _SETS[key] = (tokenizer, built)
+    while len(_SETS) > _KEEP:
+        _SETS.popitem(last=False)
+    return built
+
+
+def heldout_mlm_loss(model: nn.Module, tokenizer, texts_by_lang: dict[str, list[str]], mask_ratio: float = 0.15,
+                     seq_len: int = 256, seed: int = 0, max_tokens_per_language: int | None = None,
+                     batch_tokens: int = 32768, autocast=None) -> dict[str, float]:
+    """Mean masked-token cross-entropy per language (NaN for a language with no maskable token).
+
+    Pieces of all languages are packed together into batches of up to ``batch_tokens`` (a language's
+    loss does not depend on its batch-mates: pieces never attend across). ``model`` is an
+    ``MmBertForMaskedLM`` (not a DDP wrapper); ``autocast`` an optional context manager factory (e.g.
+    bf16) for the forward. The model's training/eval mode is restored afterwards. The tokenized, masked
+    and packed set is built once per (tokenizer, texts, settings) and reused (``fixed_heldout_set``).
+    """
+    held = fixed_heldout_set(tokenizer, texts_by_lang, mask_ratio, seq_len, seed, max_tokens_per_language,
+                             batch_tokens)
+    return held.evaluate(model, autocast)

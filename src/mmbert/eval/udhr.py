@@ -88,14 +88,17 @@ def bitext_retrieval(model_or_path, tokenizer=None, *, records=None, languages=N
 
 
 def heldout_loss(model_or_path, tokenizer=None, *, records=None, languages=None, mask_ratio: float = 0.15,
-                 seq_len: int = 256, seed: int = 0, batch_tokens: int = 8192,
-                 max_tokens_per_language: int | None = None) -> dict:
-    """Per-language masked-token cross-entropy (and its exp) on the held-out articles."""
+                 seq_len: int = 256, seed: int = 0, batch_tokens: int = 32768,
+                 max_tokens_per_language: int | None = None, autocast=None) -> dict:
+    """Per-language masked-token cross-entropy (and its exp) on the held-out articles. The tokenized, masked set
+    is built once per tokenizer object and reused (``eval.heldout.fixed_heldout_set``); ``autocast``: an optional
+    context manager factory for the forward (e.g. bf16)."""
     tok = load_tokenizer(model_or_path, tokenizer)
     model = load_model(MmBertForMaskedLM, model_or_path) if not hasattr(model_or_path, "config") else model_or_path
     texts = {lang: [t for _, t in sorted(arts.items())] for lang, arts in _heldout_by_lang(_records(records, languages)).items()}
     losses = heldout_mlm_loss(model, tok, texts, mask_ratio=mask_ratio, seq_len=seq_len, seed=seed,
-                              batch_tokens=batch_tokens, max_tokens_per_language=max_tokens_per_language)
+                              batch_tokens=batch_tokens, max_tokens_per_language=max_tokens_per_language,
+                              autocast=autocast)
     per_language = {lang: {"mlm_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "articles": len(texts[lang])}
                     for lang, loss in losses.items() if not math.isnan(loss)}
     # lower is better: the primary metric is still the loss; compare tables say so

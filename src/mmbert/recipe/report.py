@@ -235,3 +235,49 @@ def summary_row(name: str, heldout: dict, bitext: dict) -> dict:
         "bitext_all": bitext["average"].get("top1_accuracy"),
         "bitext_groups": {g: v["top1_accuracy"] for g, v in bitext["groups"].items()},
     }
+
+
+# The targets of issue #19: what the miniature must show for the recipe's effects to count as reproduced.
+TARGETS = {"decay_gain": 1.0, "merge_keeps": 0.80, "merge_gap": 0.05, "wall_time_min": 10.0}
+
+
+def headline(loss_of: dict[str, dict[str, float]], before: str, after: str, merged: str, variants: list[str],
+             language_group) -> dict:
+    """The recipe's effects in four numbers, from per-language held-out losses of each checkpoint:
+    ``decay_gain``: mean over the decay-only languages of (loss before decay - loss after ``after``), in nats;
+    ``merge_keeps``: the merge's gain on those languages as a fraction of ``decay_gain``;
+    ``merge_gap``: per group (pretrain, midtrain), the merge's group-mean loss minus the best variant's."""
+    def group_mean(name, group):
+        vals = [v for lang, v in loss_of[name].items() if language_group(lang) == group and math.isfinite(v)]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    decay = [lang for lang in loss_of[before] if language_group(lang) == "decay"]
+
+    def gain(name):
+        d = [loss_of[before][lang] - loss_of[name][lang] for lang in decay if lang in loss_of[name]]
+        return sum(d) / len(d) if d else math.nan
+
+    g = gain(after)
+    gaps = {grp: group_mean(merged, grp) - min(group_mean(v, grp) for v in variants)
+            for grp in ("pretrain", "midtrain")}
+    return {"decay_gain": g, "merge_gain": gain(merged), "merge_keeps": gain(merged) / g if g else math.nan,
+            "merge_gap": gaps, "n_decay_languages": len(decay)}
+
+
+def headline_table(h: dict, wall_min: float, train_tok_s: float) -> list[str]:
+    """Markdown lines: each headline number beside its target and whether it was met."""
+    def row(what, value, target, ok):
+        return f"| {what} | {value} | {target} | {'✓' if ok else '✗'} |"
+
+    gap = max(h["merge_gap"].values())
+    return ["| headline | measured | target | met |", "|---|---|---|---|",
+            row(f"decay-only languages ({h['n_decay_languages']}): held-out gain of decay-all vs before decay",
+                f"{h['decay_gain']:.3f} nat", f"≥ {TARGETS['decay_gain']:.1f} nat", h["decay_gain"] >= TARGETS["decay_gain"]),
+            row("TIES merge keeps of that gain", f"{h['merge_keeps']:.0%} ({h['merge_gain']:.3f} nat)",
+                f"≥ {TARGETS['merge_keeps']:.0%}", h["merge_keeps"] >= TARGETS["merge_keeps"]),
+            row("merge minus best variant, pretrain / midtrain group mean loss",
+                " / ".join(f"{h['merge_gap'][g]:+.3f}" for g in ("pretrain", "midtrain")),
+                f"≤ {TARGETS['merge_gap']:.2f} nat", gap <= TARGETS["merge_gap"]),
+            row("wall time of the whole command", f"{wall_min:.1f} min", f"≤ {TARGETS['wall_time_min']:.0f} min",
+                wall_min <= TARGETS["wall_time_min"]),
+            f"| training throughput (all stages, incl. evaluations during training) | {train_tok_s:,.0f} tokens/s | | |"]

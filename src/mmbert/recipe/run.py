@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mmbert.recipe import report as rp
@@ -123,9 +124,15 @@ def _run_recipe(config_path: Path, cfg, recipe: Recipe, run_dir: Path, quick: bo
     checkpoints = {f"before decay ({parent})": base}
     checkpoints.update({f"decay-{name}": path for name, path in variants.items()})
     checkpoints[f"merge ({recipe.merge['method'].upper()})"] = merged
-    evaluations = evaluate_all(checkpoints, run_dir / "eval", recipe.evaluate)
+    from mmbert.train.optim import autocast, resolve_precision
+
+    device = torch.device("cpu")
+    precision = resolve_precision(cfg.precision, device)
+    t_eval = time.perf_counter()
+    evaluations = evaluate_all(checkpoints, run_dir / "eval", recipe.evaluate, lambda: autocast(precision, device))
+    t_eval = time.perf_counter() - t_eval
     t_total = time.perf_counter() - t0
-    path = write_report(run_dir, cfg, recipe, checkpoints, evaluations, t_train, t_total, quick)
+    path = write_report(run_dir, cfg, recipe, checkpoints, evaluations, t_train, t_total, quick, t_eval)
     print(f"[mmbert run] report: {path}")
     print(f"[mmbert run] wall time {t_total / 60:.1f} min (training {t_train / 60:.1f} min)")
     return path
@@ -135,8 +142,10 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
-def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict) -> dict[str, dict]:
-    """Held-out MLM loss and UDHR bitext retrieval per language for each checkpoint (cached as JSON)."""
+def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict, autocast=None) -> dict[str, dict]:
+    """Held-out MLM loss and UDHR bitext retrieval per language for each checkpoint (cached as JSON).
+    ``autocast``: the held-out forward's context manager factory (the run's training precision, so the final
+    table and the trainer's curves are computed alike); the held-out set is tokenized and masked once."""
     from mmbert.corpus import load_corpus
     from mmbert.eval.report import write_json
     from mmbert.eval.udhr import bitext_retrieval, heldout_loss
@@ -145,6 +154,7 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict) -> 
 
     records = None
     results = {}
+    tokenizers: dict[bytes, Tokenizer] = {}  # tokenizer.json bytes -> one object, so the held-out set is built once
     for name, path in checkpoints.items():
         target = out_dir / f"{_slug(name)}.json"
         if target.is_file() and target.stat().st_mtime >= (Path(path) / "model.safetensors").stat().st_mtime:
@@ -153,12 +163,16 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict) -> 
         records = records if records is not None else load_corpus()
         t = time.perf_counter()
         model = MmBertForMaskedLM.from_pretrained(path)
-        tok = Tokenizer.from_file(path) if (Path(path) / "tokenizer.json").is_file() else Tokenizer.default()
+        tok_file = Path(path) / "tokenizer.json"
+        key = tok_file.read_bytes() if tok_file.is_file() else b""
+        if key not in tokenizers:
+            tokenizers[key] = Tokenizer.from_file(path) if key else Tokenizer.default()
+        tok = tokenizers[key]
         languages = None if options.get("languages", "all") == "all" else list(options["languages"])
         heldout = heldout_loss(model, tok, records=records, languages=languages,
                                mask_ratio=options.get("mask_ratio", 0.15), seq_len=options.get("seq_len", 256),
                                seed=options.get("seed", 0),
-                               max_tokens_per_language=options.get("max_tokens_per_language"))
+                               max_tokens_per_language=options.get("max_tokens_per_language"), autocast=autocast)
         bitext = bitext_retrieval(model, tok, records=records, languages=languages) if options.get("bitext", True) else None
         results[name] = {"checkpoint": str(path), "heldout": heldout, "bitext": bitext}
         write_json(results[name], target)
@@ -169,7 +183,7 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict) -> 
 
 
 def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path], evaluations: dict[str, dict],
-                 t_train: float, t_total: float, quick: bool) -> Path:
+                 t_train: float, t_total: float, quick: bool, t_eval: float = math.nan) -> Path:
     from mmbert.eval.report import language_group
 
     steps, events = rp.read_metrics(run_dir / "train" / "metrics.jsonl")
@@ -205,7 +219,16 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
                 for n in names[1:]}
     highlight = [lang for lang in rp.HIGHLIGHT if lang in loss_of[before_name]]
 
+    merged_name = names[-1]
+    head = rp.headline(loss_of, before_name, after_name, merged_name, variant_names, language_group)
+    train_tokens = max((s.get("tokens", 0) for s in steps), default=0)
+    variant_tokens = sum(s["batch_tokens"] for s in steps if s.get("variant"))  # tokens run after the branch point
+    tok_s = sum(s["batch_tokens"] for s in steps) / t_train if t_train else math.nan
+
     md = [f"# mmBERT recipe in miniature — `{run_dir}`", ""]
+    md += ["## Did the recipe's effects reproduce?", "", *rp.headline_table(head, t_total / 60, tok_s), "",
+           f"Training {t_train / 60:.1f} min, evaluation of {len(names)} checkpoints {t_eval:.0f} s; "
+           f"{sum(s['batch_tokens'] for s in steps):,} tokens trained ({variant_tokens:,} in the decay variants).", ""]
     md += [f"Wall time **{t_total / 60:.1f} min** (training {t_train / 60:.1f} min) on this machine"
            + (" — `--quick` run (numbers are a smoke test, not a result)" if quick else "") + ".",
            f"Model: `{cfg.model.preset or cfg.model.config}`; precision `{cfg.precision}`; "
@@ -238,6 +261,8 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
     path.write_text("\n".join(md), encoding="utf-8")
     summary = {"wall_time_s": round(t_total, 1), "train_time_s": round(t_train, 1), "quick": quick,
                "checkpoints": {n: str(p) for n, p in checkpoints.items()}, "comparison": rows,
-               "decay_languages_improved": improved, "n_decay_languages": len(decay_langs)}
+               "decay_languages_improved": improved, "n_decay_languages": len(decay_langs),
+               "headline": head, "targets": rp.TARGETS, "eval_time_s": round(t_eval, 1),
+               "train_tokens_per_s": round(tok_s), "train_tokens": train_tokens}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path

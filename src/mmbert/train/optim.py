@@ -96,8 +96,11 @@ def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Opti
     if cfg.name in ("stableadamw", "decoupled_stableadamw"):
         return StableAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                            decouple_lr=cfg.name == "decoupled_stableadamw", max_lr=cfg.lr)
-    # foreach=False: the same kernels on every run, so a resumed run repeats the exact numbers
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=False)
+    # The kernel is named, never torch's default (None picks by device): the same kernels on every run, so a
+    # resumed run repeats the exact numbers. fused is one pass over each tensor (CPU and CUDA); at the miniature's
+    # 7.5M parameters it took 30 ms a step against 130 ms for the for-loop (2-core CPU, 1 thread).
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[cfg.kernel]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
