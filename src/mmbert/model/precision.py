@@ -129,7 +129,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        scale = max(float(x2.abs().amax()), 1e-12) / 127.0
+        lo, hi = torch.aminmax(x2)  # one pass, no |x| temporary
+        scale = max(-float(lo), float(hi), 1e-12) / 127.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns that quantized tensor creation is deprecated
             q = torch.quantize_per_tensor(x2.float(), scale, 128, torch.quint8).int_repr()  # (M, K) uint8
