@@ -15,7 +15,10 @@ Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchm
   ``INT8_KEEP`` (the MLP output projections ``mlp.Wo``, whose inputs are the GeGLU products with the widest
   range) stays in bf16/fp32: per-tensor scales lose most on heavy-tailed inputs.
   ``torch.ao.quantization.quantize_dynamic`` still exists in torch 2.13 (deprecated, engines ``x86``,
-  ``fbgemm``, ``onednn``) but measured slower than bf16 matmuls here; see benchmarks/README.md.
+  ``fbgemm``, ``onednn``); its error is twice ours (0.025 vs 0.014 relative per linear). Measured
+  (benchmarks/int8_linears.py): on an AMX CPU neither int8 path beats bf16 (short-K GEMMs bound by memory
+  traffic, plus the activation quantisation), so ``int8`` is for CPUs with VNNI but no native bf16, and
+  ``auto`` never picks it.
 - ``auto`` is ``bf16`` where the CPU does bf16 natively (AMX / AVX512-BF16, the same detection the trainer
   uses) or the GPU supports it, else ``fp32``. A mode the device cannot do is a :class:`PrecisionError`
   that says what to use instead.
