@@ -41,13 +41,13 @@ def make_batch(case: str, vocab: int, seed: int = 0, long_seqs: int = 4):
     return ids, mask, lengths
 
 
-def build(preset: str, case: str, device: str):
+def build(preset: str, case: str, device: str, theirs_attn: str = "sdpa"):
     import transformers
 
     cfg = ModelConfig.from_preset(preset)
     hf_cfg = transformers.ModernBertConfig(
         **{k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")},
-        attn_implementation="sdpa",
+        attn_implementation=theirs_attn,
     )
     if case == "train":
         ours = MmBertForMaskedLM(cfg)
@@ -130,7 +130,7 @@ def useful_flops(cfg: ModelConfig, lengths: list[int]) -> float:
 
 def bench(args) -> dict:
     torch.manual_seed(0)
-    cfg, ours, theirs = build(args.preset, args.case, args.device)
+    cfg, ours, theirs = build(args.preset, args.case, args.device, args.theirs_attn)
     ids, mask, lengths = make_batch(args.case, cfg.vocab_size, long_seqs=args.long_seqs)
     fns = {w: runner(w, m, args.case, ids, mask, args.dtype, args.device) for w, m in (("ours", ours), ("theirs", theirs))}
     for fn in fns.values():  # warm-up
@@ -146,6 +146,7 @@ def bench(args) -> dict:
         "real_tokens": tokens, "padding": round(1 - tokens / ids.numel(), 3),
         "ours_tok_s": round(tokens / med["ours"]), "theirs_tok_s": round(tokens / med["theirs"]),
         "ratio": round(med["theirs"] / med["ours"], 2), "threads": torch.get_num_threads(),
+        "theirs_attn": args.theirs_attn,
     }
     if args.case in ("infer-var", "infer-long"):
         peak = matmul_peak_gflops(args.dtype, args.device)
@@ -200,6 +201,8 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--theirs-attn", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"],
+                   help="transformers' attention implementation (flash_attention_2: CUDA with flash-attn)")
     p.add_argument("--long-seqs", type=int, default=4, help="infer-long: how many 8,192-token sequences")
     p.add_argument("--memory", action="store_true",
                    help="also measure each side's peak RSS above its resting RSS, in a child process (Linux)")

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # as mmbert.model.precision.PRECISIONS; not imported: --help stays fast
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
@@ -35,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "<bos>/<eos> kept; default: the tokenizer's model_max_length, capped by the model)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                         help="L2-normalise the mean-pooled vectors (default on)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16 runs under autocast where the CPU/GPU supports it (default fp32, exact)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default, exact), bf16 (bf16 weights; CPUs with AMX / AVX512-BF16, GPUs), int8 "
+                        "(int8 linear layers; CPUs with AMX / VNNI), auto (bf16 where native, else fp32)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 

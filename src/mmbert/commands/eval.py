@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # as mmbert.model.precision.PRECISIONS; not imported: --help stays fast
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint director(y/ies)")
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="folder for one JSON per checkpoint and, with --compare, compare.md/.png")
     parser.add_argument("--compare", action="store_true", help="side-by-side table and plot of all checkpoints")
     parser.add_argument("--summary", action="store_true", help="print only the group and overall means")
+    parser.add_argument("--precision", choices=PRECISIONS, help="embedding tasks (retrieval, bitext, udhr-bitext): "
+                        "run the encoder in fp32, bf16 or int8 (auto: bf16 where the CPU/GPU does it natively). "
+                        "Default: each task's own (udhr-bitext: bf16 autocast)")
     ft = parser.add_argument_group("fine-tuning (classification, qa, ner, udhr-langid)")
     ft.add_argument("--lr", type=float)
     ft.add_argument("--batch-size", type=int)
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(data=args.data, train=args.train, dev=args.dev, test=args.test, languages=args.languages,
                    train_language=args.train_language, tokenizer=args.tokenizer, lr=args.lr,
                    batch_size=args.batch_size, max_steps=args.max_steps, eval_every=args.eval_every,
-                   patience=args.patience, max_length=args.max_length, seed=args.seed)
+                   patience=args.patience, max_length=args.max_length, seed=args.seed, precision=args.precision)
     results = []
     for i, ckpt in enumerate(args.checkpoints):
         result = evaluate(ckpt, args.task, **options)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # as mmbert.model.precision.PRECISIONS; not imported: --help stays fast
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory")
@@ -32,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 10)")
     parser.add_argument("--limit-concurrency", type=int, default=1000,
                         help="open connections beyond which a request gets 503 (default 1000; 0 = no limit)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), bf16, int8 or auto (bf16 where the CPU/GPU does it natively); see "
+                        "mmbert embed --help")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 

@@ -71,6 +71,7 @@ TASKS = {
     "udhr-bitext": _udhr("bitext_retrieval"),
     "udhr-langid": _udhr("language_identification"),
 }
+EMBEDDING = frozenset({"retrieval", "bitext", "udhr-bitext"})  # tasks that take ``precision``
 FINETUNED = frozenset({n for n in TASKS if n.startswith("glue-")} | {"xnli", "qa", "ner", "udhr-langid"})
 ALIASES = {"squad": "qa", "tydiqa": "qa", "xquad": "qa", "conll": "ner", "panx": "ner", "sst2": "glue-sst2",
            "cola": "glue-cola", "mnli": "glue-mnli"}
@@ -86,6 +87,8 @@ def evaluate(checkpoint, task: str, *, out=None, **options) -> dict:
     if name not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)} (aliases: {sorted(ALIASES)})")
     options = {k: v for k, v in options.items() if v is not None}
+    if "precision" in options and name not in EMBEDDING:
+        raise ValueError(f"precision applies to the embedding tasks ({', '.join(sorted(EMBEDDING))}), not to {name}")
     ft = {k: options.pop(k) for k in list(options) if k in _FINETUNE_KEYS} if name in FINETUNED else {}
     if ft:
         base = options.pop("config", None) or (
@@ -107,4 +110,4 @@ def evaluate(checkpoint, task: str, *, out=None, **options) -> dict:
     return result
 
 
-__all__ = ["ALIASES", "FINETUNED", "TASKS", "FinetuneConfig", "evaluate", "format_table"]
+__all__ = ["ALIASES", "EMBEDDING", "FINETUNED", "TASKS", "FinetuneConfig", "evaluate", "format_table"]

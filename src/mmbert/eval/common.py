@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mmbert.model import MmBertModel, varlen_mean_pool
 from mmbert.model.batching import pack_by_tokens
+from mmbert.model.precision import apply_precision
 from mmbert.tokenizer import Tokenizer
 
 
@@ -30,17 +31,21 @@ def load_tokenizer(checkpoint, tokenizer=None) -> Tokenizer:
     raise ValueError(f"no tokenizer: {checkpoint} has no tokenizer.json and none was given")
 
 
-def load_model(cls, checkpoint, **config_overrides):
+def load_model(cls, checkpoint, precision: str | None = None, **config_overrides):
     """``cls`` (a model class) with the weights of ``checkpoint``: a directory, or a loaded model whose
-    encoder (and MLM ``head``) are copied; task heads missing from the source start fresh."""
+    encoder (and MLM ``head``) are copied; task heads missing from the source start fresh. ``precision``
+    (auto, fp32, bf16, int8): converted for inference (``model/precision.py``); a loaded model is copied
+    first, so the caller's stays as it was."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        return cls.from_pretrained(checkpoint, **config_overrides)
+        return cls.from_pretrained(checkpoint, precision=precision, **config_overrides)
     config = checkpoint.config.replace(**config_overrides) if config_overrides else checkpoint.config
     model = cls(config)
     state = {k: v.detach().float() for k, v in checkpoint.state_dict().items()}
     if isinstance(checkpoint, MmBertModel):
         state = {f"model.{k}": v for k, v in state.items()} if hasattr(model, "model") else state
     model.load_checkpoint_state(state, source=type(checkpoint).__name__)
+    if precision is not None:
+        apply_precision(model, precision, next(model.parameters()).device)
     return model.eval()
 
 

@@ -44,10 +44,10 @@ def evaluate_retrieval(model, tok, data: RetrievalData, max_length: int = 256) -
 
 
 def run_retrieval(checkpoint, *, data=None, test=None, tokenizer=None, max_length: int = 256, split: str = "test",
-                  lang: str = "und", **_) -> dict:
-    """One BEIR folder (``data``) or several (``test``: ``LANG=DIR`` ...)."""
+                  lang: str = "und", precision: str | None = None, **_) -> dict:
+    """One BEIR folder (``data``) or several (``test``: ``LANG=DIR`` ...). ``precision``: model/precision.py."""
     tok = load_tokenizer(checkpoint, tokenizer)
-    model = load_model(MmBertModel, checkpoint)
+    model = load_model(MmBertModel, checkpoint, precision=precision)
     specs = test if isinstance(test, (list, tuple)) else [test or data]
     if specs == [None]:
         raise ValueError("give --data DIR (corpus.jsonl, queries.jsonl, qrels/test.tsv) or --test LANG=DIR ...")
@@ -58,10 +58,11 @@ def run_retrieval(checkpoint, *, data=None, test=None, tokenizer=None, max_lengt
     return {"primary": "ndcg@10", "per_language": per_language}
 
 
-def run_bitext(checkpoint, *, data=None, test=None, tokenizer=None, max_length: int = 256, **_) -> dict:
+def run_bitext(checkpoint, *, data=None, test=None, tokenizer=None, max_length: int = 256,
+               precision: str | None = None, **_) -> dict:
     """Bitext mining over ``sentence1<TAB>sentence2`` files (``LANG=PATH`` or language in the file name)."""
     tok = load_tokenizer(checkpoint, tokenizer)
-    model = load_model(MmBertModel, checkpoint)
+    model = load_model(MmBertModel, checkpoint, precision=precision)
     specs = test if isinstance(test, (list, tuple)) else [test or data]
     if specs == [None]:
         raise ValueError("give --test LANG=PAIRS.tsv ... (header sentence1<TAB>sentence2)")

@@ -54,11 +54,18 @@ def _heldout_by_lang(records) -> dict[str, dict[int, str]]:
 
 
 def bitext_retrieval(model_or_path, tokenizer=None, *, records=None, languages=None, pivot: str = PIVOT,
-                     max_length: int = 128, max_tokens: int = 16384, bf16: bool = True) -> dict:
+                     max_length: int = 128, max_tokens: int = 16384, bf16: bool = True,
+                     precision: str | None = None) -> dict:
     """Per-language top-1 accuracy of held-out article <-> English article matching, both directions.
-    Each article is embedded from its first ``max_length`` tokens; ``bf16`` autocasts the encoder."""
+    Each article is embedded from its first ``max_length`` tokens; ``bf16`` autocasts the encoder, unless
+    ``precision`` (auto, fp32, bf16, int8; model/precision.py) is given: then the model runs converted to it
+    (a loaded model is copied, not changed) and without autocast."""
     tok = load_tokenizer(model_or_path, tokenizer)
-    model = load_model(MmBertModel, model_or_path) if not hasattr(model_or_path, "config") else model_or_path
+    if precision is not None:
+        model, bf16 = load_model(MmBertModel, encoder_of(model_or_path) if hasattr(model_or_path, "config")
+                                 else model_or_path, precision=precision), False
+    else:
+        model = load_model(MmBertModel, model_or_path) if not hasattr(model_or_path, "config") else model_or_path
     all_records = load_corpus() if records is None else records
     by_lang = _heldout_by_lang(_records(all_records, languages))
     pivot_texts = _heldout_by_lang([r for r in all_records if r.lang_id == pivot]).get(pivot)

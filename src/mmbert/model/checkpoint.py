@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmbert.model.config import ModelConfig
+from mmbert.model.precision import apply_precision
 
 if TYPE_CHECKING:
     from torch import nn
@@ -211,8 +212,10 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-        **config_overrides,
+        precision: str | None = None, **config_overrides,
     ):
+        """``precision`` (``auto``, ``fp32``, ``bf16``, ``int8``): convert for inference after loading
+        (``model/precision.py``); the forward is unchanged and the encoder still returns fp32."""
         directory = Path(directory)
         config = ModelConfig.load(directory)
         if config_overrides:
@@ -222,7 +225,10 @@ class PretrainedMixin:
         model.eval()
         if dtype is not None:
             model.to(dtype)
-        return model.to(device)
+        model.to(device)
+        if precision is not None:
+            apply_precision(model, precision, device)
+        return model
 
     def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Copy ``tensors`` into the model, matching names; any mismatch is an error that names the tensor."""

@@ -13,13 +13,13 @@ Choices:
 - A text longer than ``max_length`` tokens (default: the smaller of the tokenizer's ``model_max_length``
   and the model's ``max_position_embeddings``) is truncated: its content is cut, the special tokens that
   wrap it (``<bos> ... <eos>``) are kept, as transformers' truncation does.
-- fp32 by default so results are exact and equal across CLI, Python and HTTP; ``precision="bf16"`` runs
-  under CPU/GPU autocast.
+- fp32 by default so results are exact and equal across CLI, Python and HTTP; ``precision`` ``bf16``,
+  ``int8`` or ``auto`` converts the model once at load (``model/precision.py``: bf16 weights, or int8
+  linear layers; fidelity to fp32 in benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -36,6 +36,7 @@ from mmbert.model import (
     MmBertForSequenceClassification,
 )
 from mmbert.model.batching import pack_by_tokens
+from mmbert.model.precision import resolve_precision
 from mmbert.model.st_layout import trained_dimensions
 from mmbert.tokenizer import Tokenizer
 
@@ -76,15 +77,6 @@ def special_affixes(tok: Tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError("cannot tell which special tokens the tokenizer adds around a text")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 class Encoder:
     """Embeddings and fill-mask for one checkpoint directory (config.json + model.safetensors + tokenizer)."""
 
@@ -101,11 +93,7 @@ class Encoder:
         self.path = Path(path)
         self.config = ModelConfig.load(self.path)
         self.device = torch.device(device)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if precision == "bf16" and not bf16_supported(self.device):
-            raise ValueError(f"bf16 autocast is not supported on this {self.device.type} device; use precision='fp32'")
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)  # auto -> bf16 | fp32; refuses what cannot run
         self.tokenizer = tokenizer or load_tokenizer(self.path, self.config.vocab_size)
         limit = min(self.tokenizer.model_max_length, self.config.max_position_embeddings)
         if max_length is not None and not 1 <= max_length <= self.config.max_position_embeddings:
@@ -115,7 +103,7 @@ class Encoder:
         self.prefix, self.suffix = special_affixes(self.tokenizer)
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length {self.max_length} leaves no room for text beside the special tokens")
-        self.model = MmBertForEmbedding.from_pretrained(self.path, device=self.device)
+        self.model = MmBertForEmbedding.from_pretrained(self.path, device=self.device, precision=self.precision)
         # the sizes an embedding model was trained to give (Matryoshka dims + full); None: not declared
         self.trained_dimensions = trained_dimensions(self.path, self.config.hidden_size)
         self._mlm: MmBertForMaskedLM | None = None
@@ -184,16 +172,11 @@ class Encoder:
                 flat = torch.tensor([t for i in batch for t in sequences[i]], dtype=torch.long, device=self.device)
                 cu = torch.tensor(np.concatenate([[0], np.cumsum([lengths[i] for i in batch])]),
                                   dtype=torch.int32, device=self.device)
-                with torch.inference_mode(), self._autocast():
+                with torch.inference_mode():
                     vectors = self.model(flat, cu_seqlens=cu, normalize=normalize)  # (len(batch), H)
                 out[batch] = vectors.float().cpu().numpy()
                 bar.update(len(batch))
         return out
-
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # -- classification (a checkpoint written by `mmbert finetune --task classification`) ---------------
     @property
@@ -206,7 +189,8 @@ class Encoder:
             if not self.is_classifier:
                 raise ValueError(f"{self.path} is not a sequence-classification model (its config.json names "
                                  f"{self.config.extra.get('architectures')}); fine-tune one with mmbert finetune")
-            clf = MmBertForSequenceClassification.from_pretrained(self.path, device=self.device)
+            clf = MmBertForSequenceClassification.from_pretrained(self.path, device=self.device,
+                                                                  precision=self.precision)
             self.model.model = clf.model
             self._classifier = clf
         return self._classifier
@@ -225,7 +209,7 @@ class Encoder:
             flat = torch.tensor([t for i in batch for t in sequences[i]], dtype=torch.long, device=self.device)
             cu = torch.tensor(np.concatenate([[0], np.cumsum([lengths[i] for i in batch])]), dtype=torch.int32,
                               device=self.device)
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode():
                 logits = clf(flat, cu_seqlens=cu, max_seqlen=max(lengths[i] for i in batch)).logits.float()
             if self.config.num_labels == 1:
                 for i, v in zip(batch, logits.squeeze(-1).tolist()):
@@ -245,7 +229,7 @@ class Encoder:
         """The MLM model, loaded on first use; it then also serves embeddings, so weights are held once."""
         if self._mlm is None:
             try:
-                mlm = MmBertForMaskedLM.from_pretrained(self.path, device=self.device)
+                mlm = MmBertForMaskedLM.from_pretrained(self.path, device=self.device, precision=self.precision)
             except CheckpointError as e:
                 raise ValueError(f"{self.path} has no masked-LM head (head.* / decoder.*), so no fill-mask: {e}") from e
             self.model.model = mlm.model
@@ -268,7 +252,7 @@ class Encoder:
         mlm = self.masked_lm()
         flat = torch.tensor(ids, dtype=torch.long, device=self.device)
         cu = torch.tensor([0, len(ids)], dtype=torch.int32, device=self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             logits = mlm(flat, cu_seqlens=cu).logits[positions]  # (masks, V)
         probs = logits.float().softmax(dim=-1)[:, : tok.vocab_size]  # the model may pad its vocabulary
         scores, tokens = probs.topk(min(top_k, probs.shape[-1]), dim=-1)

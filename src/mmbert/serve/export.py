@@ -14,6 +14,10 @@
   model (``mmbert finetune``; config.json's architecture) exports its head's outputs instead: ``logits``
   (sequence classification (B, C), token classification (B, T, C)) or ``start_logits`` / ``end_logits`` (QA,
   (B, T)). The tokenizer files sit beside it.
+  ``quantize="int8"``: ``model.onnx`` is then the int8 model from onnxruntime's own
+  dynamic quantiser (``onnxruntime.quantization.quantize_dynamic``: int8 weights per output channel,
+  activations quantised per tensor at run time), for users who deploy on onnxruntime; same inputs and
+  outputs. Its fidelity to fp32 is in benchmarks/README.md (``benchmarks/precision_fidelity.py``).
 Writes go to a temporary sibling directory renamed into place, so a failed export leaves nothing half-done.
 """
 
@@ -43,16 +47,21 @@ from mmbert.model.st_layout import read_embedding_info, write_sentence_transform
 from mmbert.serve.encoder import load_tokenizer
 
 FORMATS = ("hf", "sentence-transformers", "onnx")
+QUANTIZE = ("int8",)
 ONNX_OPSET = 17
 
 
 def export(checkpoint: str | os.PathLike, to: str, out: str | os.PathLike, *, max_length: int | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, quantize: str | None = None) -> Path:
     writers: dict[str, Callable[[Path, Path, int | None], None]] = {
-        "hf": _write_hf, "sentence-transformers": _write_sentence_transformers, "onnx": _write_onnx,
+        "hf": _write_hf, "sentence-transformers": _write_sentence_transformers,
+        "onnx": lambda ckpt, tmp, n: _write_onnx(ckpt, tmp, n, quantize),
     }
     if to not in writers:
         raise ValueError(f"unknown export format {to!r}; choose one of {list(FORMATS)}")
+    if quantize is not None and (to != "onnx" or quantize not in QUANTIZE):
+        raise ValueError(f"quantize={quantize!r}: only --to onnx --quantize int8 is supported (onnxruntime's "
+                         "dynamic quantiser); mmbert's own int8 is `--precision int8` at load time")
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -130,7 +139,7 @@ TASK_HEADS = {"ModernBertForSequenceClassification": MmBertForSequenceClassifica
               "ModernBertForQuestionAnswering": MmBertForQuestionAnswering}
 
 
-def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
+def _write_onnx(checkpoint: Path, out: Path, max_length: int | None, quantize: str | None = None) -> None:
     # Example long enough to cross a local window and with a padded row, so no branch is traced away.
     config = ModelConfig.load(checkpoint)
     arch = (config.extra.get("architectures") or [""])[0]
@@ -156,6 +165,25 @@ def _write_onnx(checkpoint: Path, out: Path, max_length: int | None) -> None:
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                           **axes},
         )
+    if quantize == "int8":
+        quantize_onnx_int8(out / "model.onnx", out / "model.onnx")
     arch = arch if arch in TASK_HEADS else "ModernBertModel"
     config.replace(extra={**config.extra, "architectures": [arch]}).save(out)
     _save_tokenizer(checkpoint, out, max_length)
+
+
+def quantize_onnx_int8(source: Path, target: Path) -> None:
+    """onnxruntime's dynamic int8 quantisation of every MatMul (per-channel int8 weights); in place if
+    ``source == target``."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        raise ImportError("--quantize int8 needs onnxruntime (pip install 'mmbert[onnx]')") from e
+    tmp = target.with_name(target.stem + ".int8.tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    tmp.replace(target)
+    for leftover in target.parent.glob("*-opt.onnx"):  # the quantiser's pre-processing copy, where it writes one
+        leftover.unlink()

@@ -20,11 +20,11 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from mmbert.model.precision import cpu_supports_bf16  # one detection for training and inference
 from mmbert.train.config import OptimizerSection
 
 
@@ -117,17 +117,6 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
         return total.full_tensor() if hasattr(total, "full_tensor") else total
     total = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False)
     return total.full_tensor() if hasattr(total, "full_tensor") else total
-
-
-def cpu_supports_bf16() -> bool:
-    """Native bf16 math on this CPU: AMX or AVX512-BF16 (read from /proc/cpuinfo, then torch's capability)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-        if "amx_bf16" in flags or "avx512_bf16" in flags:
-            return True
-    except OSError:
-        pass
-    return "AMX" in str(torch.backends.cpu.get_cpu_capability())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

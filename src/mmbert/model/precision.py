@@ -1,0 +1,191 @@
+"""Inference precision: ``fp32``, ``bf16``, ``int8`` (and ``auto``) applied to a loaded encoder, in place.
+
+    model = MmBertModel.from_pretrained("ckpt/", precision="bf16")   # same forward, same output dtype (fp32)
+
+Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchmarks/README.md):
+- ``bf16`` casts the weights once (``model.to(bfloat16)``) instead of autocasting every call: autocast
+  re-casts every weight and activation at each linear (``aten::copy_`` was 18% of an autocast forward,
+  8% of a bf16 one). Layer norms run in bf16 (the CPU kernel accumulates in fp32); the *final* norm runs
+  in fp32 and returns fp32, so pooling sums and callers see fp32 as in ``fp32`` mode.
+- ``int8`` replaces the linear layers of the encoder layers with :class:`Int8Linear`: weights int8 per
+  output channel (symmetric), activations quantised per tensor at run time (dynamic, the scheme of
+  onnxruntime's dynamic quantiser and of ``torch.ao``'s ``quantize_dynamic``), one oneDNN
+  ``qlinear_pointwise`` call (AMX / VNNI int8) that writes bf16 (fp32 on CPUs without bf16). Everything
+  else runs as in ``bf16`` (or fp32 there). The embeddings and norms are never quantised, and
+  ``INT8_KEEP`` (the MLP output projections ``mlp.Wo``, whose inputs are the GeGLU products with the widest
+  range) stays in bf16/fp32: per-tensor scales lose most on heavy-tailed inputs.
+  ``torch.ao.quantization.quantize_dynamic`` still exists in torch 2.13 (deprecated, engines ``x86``,
+  ``fbgemm``, ``onednn``); its error is twice ours (0.025 vs 0.014 relative per linear). Measured
+  (benchmarks/int8_linears.py): on an AMX CPU neither int8 path beats bf16 (short-K GEMMs bound by memory
+  traffic, plus the activation quantisation), so ``int8`` is for CPUs with VNNI but no native bf16, and
+  ``auto`` never picks it.
+- ``auto`` is ``bf16`` where the CPU does bf16 natively (AMX / AVX512-BF16, the same detection the trainer
+  uses) or the GPU supports it, else ``fp32``. A mode the device cannot do is a :class:`PrecisionError`
+  that says what to use instead.
+Precision is an inference setting: the converted model is not meant for training (int8 has no backward).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INT8_KEEP = ("mlp.Wo",)  # linear layers left in bf16/fp32 in int8 mode (name suffixes); see the docstring
+
+
+class PrecisionError(ValueError):
+    """An unknown precision, or one this device cannot run."""
+
+
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 math on this CPU: AMX or AVX512-BF16 (read from /proc/cpuinfo, then torch's capability)."""
+    flags = _cpu_flags()
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return True
+    return "AMX" in str(torch.backends.cpu.get_cpu_capability())
+
+
+def cpu_supports_int8() -> bool:
+    """int8 dot products (AMX-INT8, AVX512-VNNI or AVX-VNNI) and torch's oneDNN quantised linear."""
+    flags = _cpu_flags()
+    has_isa = any(f in flags for f in ("amx_int8", "avx512_vnni", "avx_vnni")) or "AMX" in str(
+        torch.backends.cpu.get_cpu_capability())
+    return has_isa and hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack")
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_supports_bf16()
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``auto`` -> ``bf16`` or ``fp32``; an unknown or unsupported mode is a PrecisionError."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        raise PrecisionError(f"precision 'bf16' needs native bf16 (AMX / AVX512-BF16 CPU, or a bf16 GPU); this "
+                             f"{device.type} device has none: use 'fp32' or 'auto'")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise PrecisionError(f"precision 'int8' runs on CPU only (oneDNN); on {device.type} use 'bf16' or 'auto'")
+        if not cpu_supports_int8():
+            raise PrecisionError("precision 'int8' needs a CPU with AMX-INT8 or AVX(512)-VNNI and torch's oneDNN "
+                                 "quantised linear; this one has neither: use 'fp32' or 'auto'")
+    return precision
+
+
+class Fp32Norm(nn.Module):
+    """A LayerNorm computed in fp32 on any input dtype, returning fp32 (the final norm of a bf16 model)."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float())
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights (per output channel) and dynamically quantised activations (per tensor).
+
+    ``y = (s_x * s_w) * (q_x @ q_w^T) + b`` in one oneDNN call; activations are quantised to uint8 with zero
+    point 128 (symmetric around 0, the layout oneDNN's u8s8 kernels take), their scale taken from this
+    call's max |x|, so no calibration data is needed.
+    """
+
+    def __init__(self, linear: nn.Linear, out_dtype: torch.dtype):
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(q, None), persistent=False)
+        self.register_buffer("w_scale", scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.long), persistent=False)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.register_buffer("bias", bias, persistent=False)
+        self.out_dtype = out_dtype
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) of the surrounding model must not touch the packed weight, its fp32 scales or the bias
+        return self
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, out_dtype={self.out_dtype}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        lo, hi = torch.aminmax(x2)  # one pass, no |x| temporary
+        scale = max(-float(lo), float(hi), 1e-12) / 127.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns that quantized tensor creation is deprecated
+            q = torch.quantize_per_tensor(x2.float(), scale, 128, torch.quint8).int_repr()  # (M, K) uint8
+        y = torch.ops.onednn.qlinear_pointwise(
+            q, scale, 128, self.packed, self.w_scale, self.w_zero, self.bias, 1.0, 0, self.out_dtype, "none", [], "")
+        return y.view(*shape[:-1], self.out_features)
+
+
+def quantize_linears_int8(module: nn.Module, out_dtype: torch.dtype, keep: tuple[str, ...] = INT8_KEEP) -> int:
+    """Replace every nn.Linear under ``module.layers`` (the encoder layers) by Int8Linear, except names
+    ending in ``keep``; returns how many were replaced."""
+    replaced = 0
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            full = f"{name}.{attr}" if name else attr
+            if isinstance(sub, nn.Linear) and ".layers." in f".{full}" and not full.endswith(keep):
+                setattr(child, attr, Int8Linear(sub, out_dtype))
+                replaced += 1
+    return replaced
+
+
+def apply_precision(model: nn.Module, precision: str, device: torch.device | str = "cpu") -> nn.Module:
+    """Convert a loaded model (MmBertModel or a model holding one as ``.model``) for inference in
+    ``precision``, in place; returns it. The output dtype of the encoder stays fp32 in every mode."""
+    precision = resolve_precision(precision, device)
+    model.eval()
+    encoder = model if hasattr(model, "final_norm") else getattr(model, "model", None)
+    if encoder is None or not hasattr(encoder, "final_norm"):
+        raise TypeError(f"apply_precision expects an mmbert encoder or a model with one as .model, got "
+                        f"{type(model).__name__}")
+    if precision == "fp32":
+        return model
+    compute = torch.bfloat16 if precision == "bf16" or bf16_supported(device) else torch.float32
+    if precision == "int8":
+        quantize_linears_int8(encoder, compute)
+    if compute == torch.bfloat16:
+        decoder = getattr(model, "decoder", None) if model is not encoder else None
+        if decoder is not None and decoder.weight is encoder.embeddings.tok_embeddings.weight:
+            # untie: the heads stay fp32 (they read the fp32 hidden states) while the embedding table turns bf16
+            decoder.weight = nn.Parameter(decoder.weight.detach().clone(), requires_grad=False)
+        encoder.to(torch.bfloat16)
+        encoder.final_norm = Fp32Norm(encoder.final_norm)
+    model.precision = precision
+    return model
+
+
+def model_precision(model: nn.Module) -> str:
+    """The precision ``apply_precision`` gave the model (``fp32`` if never applied)."""
+    return getattr(model, "precision", "fp32")
+
+
+__all__ = [
+    "INT8_KEEP", "PRECISIONS", "Fp32Norm", "Int8Linear", "PrecisionError", "apply_precision", "bf16_supported",
+    "cpu_supports_bf16", "cpu_supports_int8", "model_precision", "quantize_linears_int8", "resolve_precision",
+]
