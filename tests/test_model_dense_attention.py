@@ -50,4 +50,16 @@ def test_layout_packs_rows_and_refuses_long_pieces():
     q = torch.zeros(DENSE_MAX_LEN + 1, 1, 4)
     with pytest.raises(ValueError, match="at most"):
         varlen_attention(q, q, q, batch, local=False, backend="dense")
-    assert varlen_attention(q, q, q, batch, local=False).shape == q.shape  # auto falls back to sdpa
+    assert varlen_attention(q, q, q, batch, local=False, training=True).shape == q.shape  # auto falls back to sdpa
+
+
+def test_auto_picks_by_the_module_mode_not_by_grad_mode():
+    """GradCache embeds without a graph, then again with one: both passes of a training-mode model must take
+    the same backend, or the cached gradients are of another function."""
+    torch.manual_seed(0)
+    batch = VarlenBatch.from_cu_seqlens(torch.tensor([0, 40, 100], dtype=torch.int32), window=16)
+    q, k, v = (torch.randn(100, 2, 8) for _ in range(3))
+    dense = varlen_attention(q, k, v, batch, local=True, backend="dense")
+    with torch.no_grad():
+        no_grad = varlen_attention(q, k, v, batch, local=True, training=True)
+    assert torch.equal(no_grad, dense)

@@ -10,14 +10,14 @@ each sequence starts. Three backends compute the same function:
   its own sequence within ``|i - j| <= w``. Cost is O(N * (block + 2w)) rather than O(T^2) per sequence.
 - ``padded``: dense masked SDPA over (B, T), as transformers computes it; used for ONNX export and as an
   independent reference in tests.
-- ``dense`` (``auto``'s choice on CPU when training, pieces up to ``DENSE_MAX_LEN``): consecutive pieces are laid into chunks of ``C`` tokens
+- ``dense`` (``auto``'s choice on CPU in training mode, pieces up to ``DENSE_MAX_LEN``): consecutive pieces are laid into chunks of ``C`` tokens
   (at most ``DENSE_MAX_LEN``; the trainer's packed rows are exactly such chunks, so nothing is padded or
   copied), and each layer is one SDPA call over (chunks, H, C, C) masked to the own piece (and the band on
   local layers). It scores more keys than ``sdpa``'s band (C against 2.5w) but is one kernel with no
   per-sequence loop and no ``unfold`` backward: at the miniature's size (16 rows of 256, w = 32, bf16 on a
   2-core CPU) attention forward + backward ran 3x faster on local and 1.5x on global layers
   (``benchmarks/train_step.py``). The layout and masks are built once per batch and shared by all layers.
-  Without gradients (evaluation, serving) ``sdpa`` stays the choice: there the masked dense forward was slower.
+  In eval mode (evaluation, serving) ``sdpa`` stays the choice: there the masked dense forward was slower.
 
 ``w`` = ``local_attention // 2`` (transformers' ModernBERT: a local layer attends to |i - j| <= w).
 """
@@ -186,13 +186,14 @@ def _band_mask(cu_seqlens: torch.Tensor, seqlens: list[int], w: int, block: int)
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: VarlenBatch, local: bool,
-    dropout_p: float = 0.0, backend: str = "auto",
+    dropout_p: float = 0.0, backend: str = "auto", training: bool = False,
 ) -> torch.Tensor:
-    """q, k, v: (N, heads, head_dim) -> (N, heads, head_dim)."""
+    """q, k, v: (N, heads, head_dim) -> (N, heads, head_dim). ``training``: the calling module's mode."""
     if backend == "auto":
-        # dense only where it was measured faster: with gradients (training). In inference mode its masked forward
-        # was 1.2-3x slower than sdpa's band (mini 64 x 256, mmbert-small 32 x 16..512; 2-core CPU, 1 thread).
-        dense = q.requires_grad and torch.is_grad_enabled() and batch.dense_layout() is not None
+        # dense only where it was measured faster: training. In inference its masked forward was 1.2-3x slower
+        # than sdpa's band (mini 64 x 256, mmbert-small 32 x 16..512; 2-core CPU, 1 thread). Chosen by the module's
+        # mode, not by whether gradients are on: GradCache's no-grad pass must compute what its grad pass does.
+        dense = training and batch.dense_layout() is not None
         backend = "flash" if _flash_usable(q) else "dense" if dense else "sdpa"
     if backend == "dense":
         layout = batch.dense_layout()

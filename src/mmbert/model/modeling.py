@@ -91,7 +91,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)  # q and k in one pass; cos/sin: (N, 1, 1, D/2)
         v = qkv[:, 2]  # (N, H, D)
         dropout = self.dropout if self.training else 0.0
-        out = varlen_attention(q, k, v, batch, local=not self.is_global, dropout_p=dropout)
+        out = varlen_attention(q, k, v, batch, local=not self.is_global, dropout_p=dropout,
+                               training=self.training)
         return self.out_drop(self.Wo(out.reshape(n, -1)))
 
     def forward_padded(self, x: torch.Tensor, cos, sin, attention_mask: torch.Tensor) -> torch.Tensor:
