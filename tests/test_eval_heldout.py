@@ -91,3 +91,25 @@ def test_fixed_set_is_built_once_and_reused():
     fresh = HeldoutSet.build(CharTokenizer(), TEXTS, seq_len=32, seed=1, batch_tokens=40).evaluate(model)
     for lang in TEXTS:  # many small batches or one large: the same losses
         assert math.isclose(fresh[lang], first[lang], rel_tol=1e-5)
+
+
+def test_one_pass_embeddings_are_the_mean_pooled_masked_first_pieces():
+    """evaluate_with_embeddings: the same losses as evaluate, and each text's vector is the L2-normalised mean of
+    the encoder's last hidden states over its (masked) first piece, computed here one piece at a time."""
+    from mmbert.eval.heldout import HeldoutSet
+
+    torch.manual_seed(0)
+    model = MmBertForMaskedLM(ModelConfig.from_preset("tiny"))
+    tok = CharTokenizer()
+    held = HeldoutSet.build(tok, TEXTS, 0.2, 24, seed=1, batch_tokens=50, first_piece_only=True)
+    losses, vectors = held.evaluate_with_embeddings(model)
+    assert losses == held.evaluate(model)
+    assert {k: sorted(v) for k, v in vectors.items()} == {k: list(range(len(t))) for k, t in TEXTS.items()}
+    model.eval()
+    for lang, texts in TEXTS.items():
+        inputs, _ = masked_pieces(tok, texts, lang, 0.2, 24, seed=1, first_piece_only=True)
+        assert len(inputs) == len(texts) and all(len(x) <= 24 for x in inputs)
+        for t, x in enumerate(inputs):
+            with torch.no_grad():
+                direct = F.normalize(model.model(x[None]).last_hidden_state[0].mean(0), dim=0)
+            assert torch.allclose(vectors[lang][t], direct, atol=1e-5), (lang, t)

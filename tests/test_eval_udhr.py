@@ -6,7 +6,7 @@ import pytest
 
 from mmbert.cli import main
 from mmbert.corpus import load_corpus
-from mmbert.eval.udhr import bitext_retrieval, heldout_loss, langid_label
+from mmbert.eval.udhr import bitext_retrieval, heldout_and_bitext, heldout_loss, langid_label
 from mmbert.model import MmBertForMaskedLM
 from tests.eval_helpers import one_thread, tiny_checkpoint
 
@@ -79,3 +79,22 @@ def test_compare_two_checkpoints(ckpt, tmp_path, capsys):
     assert f"| | {ckpt.name} | other |" in md and "| mean decay (2) — low-resource |" in md and "| fao_Latn |" in md
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "cmp").glob("*.json"))) == 2
+
+
+def test_one_pass_table_matches_its_parts(ckpt):
+    """The recipe's table: held-out loss of each article's first seq_len tokens, and bitext from the same forward.
+    An exact copy of the pivot finds every article; the loss equals heldout_mlm_loss on those first pieces."""
+    from mmbert.eval.common import load_tokenizer
+    from mmbert.eval.heldout import heldout_mlm_loss
+
+    model, tok = MmBertForMaskedLM.from_pretrained(ckpt), load_tokenizer(ckpt)
+    records = [r for r in load_corpus() if r.lang_id in ("eng_Latn", "fao_Latn")]
+    twin = [type(r)(**{**r.__dict__, "lang_id": "eng_Latn_twin"}) for r in records if r.lang_id == "eng_Latn"]
+    heldout, bitext = heldout_and_bitext(model, tok, records=records + twin, seq_len=48)
+    assert bitext["per_language"]["eng_Latn_twin"]["top1_accuracy"] == 1.0
+    assert set(bitext["per_language"]) == {"eng_Latn_twin", "fao_Latn"}  # the pivot is not matched to itself
+    assert set(heldout["per_language"]) == {"eng_Latn", "eng_Latn_twin", "fao_Latn"}
+    direct = heldout_mlm_loss(model, tok, {"fao_Latn": [r.text for r in sorted(
+        (r for r in records if r.lang_id == "fao_Latn" and r.article >= 25), key=lambda r: r.article)]},
+        seq_len=48, first_piece_only=True)
+    assert abs(heldout["per_language"]["fao_Latn"]["mlm_loss"] - direct["fao_Latn"]) < 1e-6

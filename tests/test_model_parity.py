@@ -264,6 +264,26 @@ def test_fused_training_loss_matches_the_plain_decoder_loss_and_gradients(autoca
         assert_close(a, e, tol * e.abs().max().item(), f"grad {name}")
 
 
+def test_fused_loss_of_a_confidently_wrong_prediction_is_finite_and_exact():
+    """The fused loss reads -log p[y] off one softmax; where p[y] underflows (target 200 nat below the top logit)
+    it must fall back to the exact log-softmax, not report inf. token_cross_entropy (evaluation) agrees too."""
+    from mmbert.model.loss import linear_cross_entropy, token_cross_entropy
+
+    h = torch.eye(4, 8, requires_grad=True)
+    w = torch.zeros(6, 8)
+    w[0, :4] = 200.0  # class 0 scores 200 for every row; the targets are other classes
+    w[3, 1] = 5.0
+    w.requires_grad_()
+    y = torch.tensor([1, 3, 2, 0])
+    plain = torch.nn.functional.cross_entropy(h.detach() @ w.detach().T, y, reduction="none")
+    fused = linear_cross_entropy(h, w, None, y, chunk=3)
+    assert torch.isfinite(fused)
+    assert_close(fused, plain.mean(), 1e-4, "fused loss")
+    fused.backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+    assert_close(token_cross_entropy(h.detach(), w.detach(), None, y, chunk=3), plain, 1e-4, "token loss")
+
+
 def test_training_step_of_the_model_uses_the_fused_loss_with_equal_gradients():
     cfg = CONFIGS["tiny"]
     model = MmBertForMaskedLM(cfg)

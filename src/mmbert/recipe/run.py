@@ -6,7 +6,8 @@ A recipe config is a training config (``mmbert.train.config``) plus a ``recipe:`
     recipe:
       merge: {method: ties, density: 0.6, lambda: 1.0}   # mergekit names; the base is the checkpoint the
                                                          # decay variants started from
-      evaluate: {mask_ratio: 0.15, seq_len: 256}         # held-out MLM loss + UDHR bitext, per language
+      evaluate: {mask_ratio: 0.15, seq_len: 128}         # held-out MLM loss + UDHR bitext, per language, one pass
+                                                         # over each held-out article's first seq_len tokens
                                                          # (languages: all, or a list of corpus ids)
       quick: ["phases.0.steps=20", ...]                  # overrides applied by --quick (recipe.* keys too)
 
@@ -36,7 +37,7 @@ EVAL_KEYS = {"mask_ratio", "seq_len", "bitext", "seed", "languages", "max_tokens
 @dataclass
 class Recipe:
     merge: dict[str, Any] = field(default_factory=lambda: {"method": "ties", "density": 0.6, "lambda": 1.0})
-    evaluate: dict[str, Any] = field(default_factory=lambda: {"mask_ratio": 0.15, "seq_len": 256, "bitext": True})
+    evaluate: dict[str, Any] = field(default_factory=lambda: {"mask_ratio": 0.15, "seq_len": 128, "bitext": True})
     quick: list[str] = field(default_factory=list)
 
     @classmethod
@@ -143,12 +144,13 @@ def _slug(name: str) -> str:
 
 
 def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict, autocast=None) -> dict[str, dict]:
-    """Held-out MLM loss and UDHR bitext retrieval per language for each checkpoint (cached as JSON).
+    """Held-out MLM loss and UDHR bitext retrieval per language for each checkpoint (cached as JSON), from one
+    forward pass a checkpoint (``eval.udhr.heldout_and_bitext``: bitext embeds the masked pieces).
     ``autocast``: the held-out forward's context manager factory (the run's training precision, so the final
     table and the trainer's curves are computed alike); the held-out set is tokenized and masked once."""
     from mmbert.corpus import load_corpus
     from mmbert.eval.report import write_json
-    from mmbert.eval.udhr import bitext_retrieval, heldout_loss
+    from mmbert.eval.udhr import heldout_and_bitext, heldout_loss
     from mmbert.model import MmBertForMaskedLM
     from mmbert.tokenizer import Tokenizer
 
@@ -169,11 +171,14 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict, aut
             tokenizers[key] = Tokenizer.from_file(path) if key else Tokenizer.default()
         tok = tokenizers[key]
         languages = None if options.get("languages", "all") == "all" else list(options["languages"])
-        heldout = heldout_loss(model, tok, records=records, languages=languages,
-                               mask_ratio=options.get("mask_ratio", 0.15), seq_len=options.get("seq_len", 256),
-                               seed=options.get("seed", 0),
-                               max_tokens_per_language=options.get("max_tokens_per_language"), autocast=autocast)
-        bitext = bitext_retrieval(model, tok, records=records, languages=languages) if options.get("bitext", True) else None
+        common = dict(records=records, languages=languages, mask_ratio=options.get("mask_ratio", 0.15),
+                      seed=options.get("seed", 0), autocast=autocast)
+        if options.get("bitext", True):  # both tables from one forward over each article's first seq_len tokens
+            heldout, bitext = heldout_and_bitext(model, tok, seq_len=options.get("seq_len", 128), **common)
+        else:
+            heldout, bitext = heldout_loss(model, tok, seq_len=options.get("seq_len", 256),
+                                           max_tokens_per_language=options.get("max_tokens_per_language"),
+                                           **common), None
         results[name] = {"checkpoint": str(path), "heldout": heldout, "bitext": bitext}
         write_json(results[name], target)
         print(f"[mmbert run] evaluated {name}: held-out loss {heldout['average'].get('mlm_loss', math.nan):.3f}"
@@ -233,7 +238,10 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
            + (" — `--quick` run (numbers are a smoke test, not a result)" if quick else "") + ".",
            f"Model: `{cfg.model.preset or cfg.model.config}`; precision `{cfg.precision}`; "
            f"evaluation: held-out articles 25–30 of every corpus language "
-           f"(mask {recipe.evaluate.get('mask_ratio', 0.15)}, fixed seed), UDHR bitext retrieval against English.", ""]
+           f"(mask {recipe.evaluate.get('mask_ratio', 0.15)}, fixed seed)"
+           + (f", their first {recipe.evaluate.get('seq_len', 128)} tokens; UDHR bitext retrieval against English "
+              "from the same forward (mean-pooled masked articles)" if recipe.evaluate.get("bitext", True) else "")
+           + f"; {t_eval / max(1, len(names)):.0f} s a checkpoint.", ""]
     md += ["## Phases", "", "| stage | steps | languages | mask | τ | seq len | RoPE θ global/local | batch tokens | median tokens/s |",
            "|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['stage']} | {r['steps']} | {r['languages']} | {r['mask']} | {r['tau']} | {r['seq_len']} | "
