@@ -106,7 +106,13 @@ def train(config: TrainConfig | str | Path, run_dir: str | Path, resume: bool = 
     world = init_distributed(cfg.device)
     try:
         with lock_run_dir(Path(run_dir), world):  # one writer per run directory
-            return Trainer(cfg, Path(run_dir), world, hooks).run(resume)
+            result = Trainer(cfg, Path(run_dir), world, hooks).run(resume)
+        if started_here:
+            # every rank done before any tears its process group down: a rank that exits while a peer's gloo
+            # work is still in flight can abort ("terminate called without an active exception", seen once in CI).
+            # Only on success: after an error the peers may never arrive, and a barrier would hang them.
+            barrier()
+        return result
     finally:
         if started_here:
             destroy_distributed()
