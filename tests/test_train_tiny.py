@@ -24,3 +24,21 @@ def test_train_tiny_config_runs_all_phases(tmp_path):
     evals = [r for r in rs if r.get("event") == "eval"]
     assert len(evals) == 4 and len(evals[0]["heldout"]) > 400
     assert evals[0]["heldout_mean_inactive"] is not None  # languages not yet trained are measured too
+
+
+def test_a_phase_batch_smaller_than_the_micro_batch_runs_at_its_own_size(tmp_path):
+    """micro_batch_tokens caps a micro-batch; a phase whose global batch is smaller (the miniature's decay at
+    2,048 tokens beside 4,096) trains at its own batch instead of failing on the cap."""
+    from mmbert.train import load_config
+    from mmbert.train import train as train_only
+    from tests.train_helpers import SYNTHETIC, write_config
+
+    text = SYNTHETIC.replace("micro_batch_tokens: 128", "micro_batch_tokens: 512").replace(
+        "checkpoint: {every: 2, keep_last: 2}", "checkpoint: {every: 0}")
+    cfg = load_config(write_config(tmp_path, text), ["phases.1.batch_tokens=128", "phases.1.steps=2"])
+    assert train_only(cfg, tmp_path / "run").completed
+    steps = [r for r in records(tmp_path / "run") if "event" not in r]
+    assert {r["batch_tokens"] for r in steps if r["phase"] == "a"} == {256}
+    b = [r for r in steps if r["phase"] == "b"]
+    assert len(b) == 2 and {r["batch_tokens"] for r in b} == {128}
+    assert all(0 < r["predicted"] <= 0.3 * 128 for r in b)

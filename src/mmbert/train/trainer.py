@@ -272,9 +272,11 @@ class Trainer:
         set_rope(model, stage.global_rope_theta, stage.local_rope_theta, phase.seq_len)
         languages = resolve_languages(phase.languages, corpus.sizes, self.hooks)
         sizes = sampling_sizes(phase, languages, corpus.sizes, self.hooks)
-        rows = max(1, cfg.micro_batch_tokens // phase.seq_len)
-        unit = rows * phase.seq_len * world.world_size  # tokens of one micro-batch on every rank
         target = phase.global_batch_tokens
+        # a micro-batch never holds more than a rank's share of the global batch, so a phase with a smaller batch
+        # (the miniature's decay at 2,048 tokens beside micro_batch_tokens 4,096) needs no second setting
+        rows = max(1, min(cfg.micro_batch_tokens, target // world.world_size) // phase.seq_len)
+        unit = rows * phase.seq_len * world.world_size  # tokens of one micro-batch on every rank
         if target % unit:
             raise ValueError(f"phase {phase.name!r}: global batch {target} tokens is not a multiple of one micro-batch "
                              f"on every rank ({rows} rows x {phase.seq_len} x {world.world_size} ranks = {unit}); "
