@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                         help="L2-normalise the mean-pooled vectors (default on)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default, exact), bf16 (bf16 weights; CPUs with AMX / AVX512-BF16, GPUs), int8 "
+                        help="fp32 (default, exact), bf16 (bf16 matmuls under autocast; CPUs with AMX / AVX512-BF16, GPUs), int8 "
                         "(int8 linear layers; CPUs with AMX / VNNI), auto (bf16 where native, else fp32)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

@@ -16,6 +16,7 @@ norm is the identity, because the embedding norm has just normalised its input.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -197,6 +198,7 @@ class MmBertModel(MmBertPreTrainedModel):
         self.layers = nn.ModuleList([EncoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.final_norm = layer_norm(config)
         self.unpad = True  # False: the dense padded path (export, reference); same numbers
+        self.autocast_dtype: torch.dtype | None = None  # inference precision bf16/int8 (model/precision.py)
         self.init_weights()
 
     def forward(
@@ -241,23 +243,34 @@ class MmBertModel(MmBertPreTrainedModel):
             tables[is_global] = (cos[:, None, None], sin[:, None, None])  # broadcast over (q|k, heads)
         return tables
 
+    def _precision(self, device: torch.device):
+        """The inference precision's autocast (``apply_precision``), else nothing: training autocasts from outside."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
     def _forward_varlen(self, input_ids: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
-        x = self.embeddings(input_ids)  # (N, H)
-        rope = self._rope(batch.position_ids)
-        for i, layer in enumerate(self.layers):
-            cos, sin = rope[self.config.is_global(i)]
-            x = layer(x, cos, sin, batch)
-        return self.final_norm(x)
+        with self._precision(input_ids.device):
+            x = self.embeddings(input_ids)  # (N, H)
+            rope = self._rope(batch.position_ids)
+            for i, layer in enumerate(self.layers):
+                cos, sin = rope[self.config.is_global(i)]
+                x = layer(x, cos, sin, batch)
+            hidden = self.final_norm(x)
+        return hidden if self.autocast_dtype is None else hidden.float()  # callers of every precision see fp32
 
     def _forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(input_ids)  # (B, T, H)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        rope = {g: (cos.view(1, 1, -1, cos.shape[-1]), sin.view(1, 1, -1, sin.shape[-1]))  # (1, 1, T, D/2)
-                for g, (cos, sin) in self._rope(positions).items()}
-        for i, layer in enumerate(self.layers):
-            cos, sin = rope[self.config.is_global(i)]
-            x = layer.forward_padded(x, cos, sin, attention_mask)
-        return self.final_norm(x) * attention_mask.unsqueeze(-1).to(x.dtype)
+        with self._precision(input_ids.device):
+            x = self.embeddings(input_ids)  # (B, T, H)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            rope = {g: (cos.view(1, 1, -1, cos.shape[-1]), sin.view(1, 1, -1, sin.shape[-1]))  # (1, 1, T, D/2)
+                    for g, (cos, sin) in self._rope(positions).items()}
+            for i, layer in enumerate(self.layers):
+                cos, sin = rope[self.config.is_global(i)]
+                x = layer.forward_padded(x, cos, sin, attention_mask)
+            x = self.final_norm(x)
+        x = x if self.autocast_dtype is None else x.float()
+        return x * attention_mask.unsqueeze(-1).to(x.dtype)
 
 
 def unpad_input(input_ids: torch.Tensor, attention_mask: torch.Tensor):

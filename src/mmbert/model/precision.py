@@ -3,22 +3,26 @@
     model = MmBertModel.from_pretrained("ckpt/", precision="bf16")   # same forward, same output dtype (fp32)
 
 Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchmarks/README.md):
-- ``bf16`` casts the weights once (``model.to(bfloat16)``) instead of autocasting every call: autocast
-  re-casts every weight and activation at each linear (``aten::copy_`` was 18% of an autocast forward,
-  8% of a bf16 one). Layer norms run in bf16 (the CPU kernel accumulates in fp32); the *final* norm runs
-  in fp32 and returns fp32, so pooling sums and callers see fp32 as in ``fp32`` mode.
+- ``bf16`` runs the encoder's forward under bf16 autocast, as training does: the weights stay fp32, each
+  matmul runs in bf16 (AMX), the residual stream, norms and output stay fp32. Measured against casting the
+  weights once (``model.to(bfloat16)``, this mode's first form; ``benchmarks/cpu_peers.py``, mmbert-small,
+  2026-12-03, alone): autocast 2,487 vs bf16 weights 2,357 tokens/s, and min cosine to fp32 over the case's 32
+  texts 1.000000 vs 0.99917 (max |diff| of the hidden states 8e-4 vs 9e-2): the bf16 residual stream cost three
+  orders of magnitude of fidelity and bought no speed, so it went. The cost: fp32 weights in memory.
 - ``int8`` replaces the linear layers of the encoder layers with :class:`Int8Linear`: weights int8 per
   output channel (symmetric), activations quantised per tensor at run time (dynamic, the scheme of
   onnxruntime's dynamic quantiser and of ``torch.ao``'s ``quantize_dynamic``), one oneDNN
   ``qlinear_pointwise`` call (AMX / VNNI int8) that writes bf16 (fp32 on CPUs without bf16). Everything
-  else runs as in ``bf16`` (or fp32 there). The embeddings and norms are never quantised, and
+  else runs as in ``bf16`` (or fp32 there), under autocast with the residual stream in fp32. The embeddings
+  and norms are never quantised, and
   ``INT8_KEEP`` (the MLP output projections ``mlp.Wo``, whose inputs are the GeGLU products with the widest
   range) stays in bf16/fp32: per-tensor scales lose most on heavy-tailed inputs.
   ``torch.ao.quantization.quantize_dynamic`` still exists in torch 2.13 (deprecated, engines ``x86``,
-  ``fbgemm``, ``onednn``); its error is twice ours (0.025 vs 0.014 relative per linear). Measured
-  (benchmarks/int8_linears.py): on an AMX CPU neither int8 path beats bf16 (short-K GEMMs bound by memory
-  traffic, plus the activation quantisation), so ``int8`` is for CPUs with VNNI but no native bf16, and
-  ``auto`` never picks it.
+  ``fbgemm``, ``onednn``); its error is twice ours (0.025 vs 0.014 relative per linear). Per linear
+  (benchmarks/int8_linears.py, loaded machine) int8 was no faster than bf16 on this AMX CPU; over a whole
+  mmbert-small forward (``cpu_peers.py``, alone) int8 made 3,021 tokens/s against bf16's 2,740, at a max |diff|
+  to fp32 of 1.8e-3 against bf16's 8e-4 (onnxruntime's int8: 7e-3). ``auto`` picks bf16, the more faithful one;
+  ``int8`` is the fastest mode here and the one for CPUs with VNNI but no native bf16.
 - ``auto`` is ``bf16`` where the CPU does bf16 natively (AMX / AVX512-BF16, the same detection the trainer
   uses) or the GPU supports it, else ``fp32``. A mode the device cannot do is a :class:`PrecisionError`
   that says what to use instead.
@@ -90,17 +94,6 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return precision
 
 
-class Fp32Norm(nn.Module):
-    """A LayerNorm computed in fp32 on any input dtype, returning fp32 (the final norm of a bf16 model)."""
-
-    def __init__(self, norm: nn.LayerNorm):
-        super().__init__()
-        self.norm = norm.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.float())
-
-
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights (per output channel) and dynamically quantised activations (per tensor).
 
@@ -170,12 +163,7 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
     if precision == "int8":
         quantize_linears_int8(encoder, compute)
     if compute == torch.bfloat16:
-        decoder = getattr(model, "decoder", None) if model is not encoder else None
-        if decoder is not None and decoder.weight is encoder.embeddings.tok_embeddings.weight:
-            # untie: the heads stay fp32 (they read the fp32 hidden states) while the embedding table turns bf16
-            decoder.weight = nn.Parameter(decoder.weight.detach().clone(), requires_grad=False)
-        encoder.to(torch.bfloat16)
-        encoder.final_norm = Fp32Norm(encoder.final_norm)
+        encoder.autocast_dtype = torch.bfloat16  # the forward autocasts; weights, norms, residual stay fp32
     model.precision = precision
     return model
 
@@ -186,6 +174,6 @@ def model_precision(model: nn.Module) -> str:
 
 
 __all__ = [
-    "INT8_KEEP", "PRECISIONS", "Fp32Norm", "Int8Linear", "PrecisionError", "apply_precision", "bf16_supported",
+    "INT8_KEEP", "PRECISIONS", "Int8Linear", "PrecisionError", "apply_precision", "bf16_supported",
     "cpu_supports_bf16", "cpu_supports_int8", "model_precision", "quantize_linears_int8", "resolve_precision",
 ]

@@ -14,7 +14,7 @@ Choices:
   and the model's ``max_position_embeddings``) is truncated: its content is cut, the special tokens that
   wrap it (``<bos> ... <eos>``) are kept, as transformers' truncation does.
 - fp32 by default so results are exact and equal across CLI, Python and HTTP; ``precision`` ``bf16``,
-  ``int8`` or ``auto`` converts the model once at load (``model/precision.py``: bf16 weights, or int8
+  ``int8`` or ``auto`` converts the model once at load (``model/precision.py``: bf16 autocast, or int8
   linear layers; fidelity to fp32 in benchmarks/README.md).
 """
 
