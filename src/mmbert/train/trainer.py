@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from mmbert.train.parallel import (
 from mmbert.train.phases import Stage, plan_stages, resolve_languages, sampling_sizes
 from mmbert.train.rundir import lock_run_dir
 from mmbert.train.speed import set_threads
+from mmbert.train.stop import StopOnSignal
 from mmbert.train.schedule import batch_tokens_at, lr_at, phase_steps
 from mmbert.train.step import MlmTask, optimizer_step
 
@@ -69,30 +68,6 @@ class TrainResult:
     @property
     def completed(self) -> bool:
         return self.stopped is None
-
-
-class _Stop:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step (a second SIGINT interrupts at once)."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
 
 
 def train(config: TrainConfig | str | Path, run_dir: str | Path, resume: bool = False,
@@ -199,7 +174,7 @@ class Trainer:
             model = parallelize(model, world, cfg.parallel)
             optimizer = build_optimizer(model, cfg.optimizer)
             live: Path | None = None  # the stage dir whose final state the in-memory model holds
-            with _Stop() as stop:
+            with StopOnSignal() as stop:
                 for stage in todo:
                     start = self._start_point(stage, resume, live)
                     data_state, stage_step = None, 0
@@ -266,7 +241,7 @@ class Trainer:
 
     # ---- one stage ----------------------------------------------------------------------------------------
     def _run_stage(self, stage: Stage, model, optimizer, tokenizer, corpus: Corpus, data_state: dict | None,
-                   stage_step: int, stop: _Stop, result: TrainResult) -> bool:
+                   stage_step: int, stop: StopOnSignal, result: TrainResult) -> bool:
         """Train ``stage`` from ``stage_step``; True when the run stopped early (signal, bad steps)."""
         cfg, world, phase = self.cfg, self.world, stage.phase
         set_rope(model, stage.global_rope_theta, stage.local_rope_theta, phase.seq_len)

@@ -40,7 +40,7 @@ from mmbert.train.parallel import World, any_rank, barrier, broadcast_object, pa
 from mmbert.train.rundir import lock_run_dir
 from mmbert.train.schedule import lr_at
 from mmbert.train.step import optimizer_step
-from mmbert.train.trainer import _Stop
+from mmbert.train.stop import StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class _Fit:
         ac = lambda: autocast(self.precision, world.device)  # noqa: E731
         train_s, tokens_here, dev = 0.0, 0, self._last_score()
         try:
-            with _Stop() as stop:
+            with StopOnSignal() as stop:
                 while self.state["step"] < self.total and not self.state["early_stopped"]:
                     s = self.state["step"]
                     lr = lr_at(s, self.total, cfg.lr, cfg.warmup, cfg.decay, 1.0 - _warmup_share(cfg, self.total))
