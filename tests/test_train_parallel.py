@@ -37,3 +37,14 @@ def test_two_processes_match_one(tmp_path, parallel):
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4, 5]
     diffs = [abs(l1[s][0] - l2[s][0]) for s in l1]
     assert max(diffs) < 1e-5, f"max diff {max(diffs):.3g} mean {sum(diffs) / len(diffs):.3g}: {l1} vs {l2}"
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_exit_process_flushes_and_skips_the_teardown_only_under_torchrun(world_size):
+    code = ("import atexit, logging; from mmbert.train.parallel import exit_process; "
+            "atexit.register(lambda: print(' atexit', end='')); "
+            "logging.basicConfig(); logging.getLogger('t').warning('logged'); print('written', end=''); exit_process(3)")
+    r = subprocess.run([sys.executable, "-c", code], env={**env(), "WORLD_SIZE": world_size}, cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "logged" in r.stderr
+    assert r.stdout == ("written atexit" if world_size == "1" else "written")  # buffered output is never lost

@@ -81,5 +81,7 @@ _AFTER_DISK_FULL = {"train": "--resume", "run": "run the same command again", "f
                     "adapt": "run the same command again"}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `torchrun ... -m mmbert.cli finetune ...` runs this
+    from mmbert.train.parallel import exit_process
+
+    exit_process(main())

@@ -124,3 +124,20 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def exit_process(code: int):
+    """End a command-line process with ``code``. Under torchrun (WORLD_SIZE > 1) without exit()'s C++ teardown:
+    now and then a rank of a finished gloo run aborted there ("terminate called without an active exception",
+    2 of 3 full test runs on a fast machine, none in 55 reruns of the test alone: a C++ thread still joinable
+    when exit() destroys static objects), and torchrun then reported the whole run as failed. By the time a
+    command returns, its files are written and its process group destroyed."""
+    import logging
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
