@@ -2,7 +2,9 @@
 phases, and the log holds per-language held-out losses."""
 
 from mmbert.recipe.training import train
-from tests.train_helpers import records
+from mmbert.train import load_config
+from mmbert.train import train as train_only
+from tests.train_helpers import SYNTHETIC, records, write_config
 
 
 def test_train_tiny_config_runs_all_phases(tmp_path):
@@ -29,10 +31,6 @@ def test_train_tiny_config_runs_all_phases(tmp_path):
 def test_a_phase_batch_smaller_than_the_micro_batch_runs_at_its_own_size(tmp_path):
     """micro_batch_tokens caps a micro-batch; a phase whose global batch is smaller (the miniature's decay at
     2,048 tokens beside 4,096) trains at its own batch instead of failing on the cap."""
-    from mmbert.train import load_config
-    from mmbert.train import train as train_only
-    from tests.train_helpers import SYNTHETIC, write_config
-
     text = SYNTHETIC.replace("micro_batch_tokens: 128", "micro_batch_tokens: 512").replace(
         "checkpoint: {every: 2, keep_last: 2}", "checkpoint: {every: 0}")
     cfg = load_config(write_config(tmp_path, text), ["phases.1.batch_tokens=128", "phases.1.steps=2"])

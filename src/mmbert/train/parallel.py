@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -132,9 +134,6 @@ def exit_process(code: int):
     2 of 3 full test runs on a fast machine, none in 55 reruns of the test alone: a C++ thread still joinable
     when exit() destroys static objects), and torchrun then reported the whole run as failed. By the time a
     command returns, its files are written and its process group destroyed."""
-    import logging
-    import sys
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
         sys.stdout.flush()

@@ -83,8 +83,8 @@ def train(config: TrainConfig | str | Path, run_dir: str | Path, resume: bool = 
         with lock_run_dir(Path(run_dir), world):  # one writer per run directory
             result = Trainer(cfg, Path(run_dir), world, hooks).run(resume)
         if started_here:
-            # every rank done before any tears its process group down: a rank that exits while a peer's gloo
-            # work is still in flight can abort ("terminate called without an active exception", seen once in CI).
+            # every rank done before any tears its process group down (destroying a gloo group is not collective).
+            # This did not cure the rare rank abort at exit; that is exit_process's (train/parallel.py).
             # Only on success: after an error the peers may never arrive, and a barrier would hang them.
             barrier()
         return result
