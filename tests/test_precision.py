@@ -102,6 +102,41 @@ def test_int8_linear_matches_float_linear_and_keeps_mlp_out():
     assert all(isinstance(layer.mlp.Wo, nn.Linear) for layer in enc.layers)
 
 
+@needs_int8
+@pytest.mark.parametrize("act_name", ["gelu", "gelu_pytorch_tanh", "silu"])
+def test_int8_geglu_matches_the_float_mlp(act_name):
+    """Two int8 GEMMs on one quantised input, GELU in the first one's epilogue (or the activation after it,
+    for one oneDNN cannot fuse), against the float MLP: same function to int8 precision."""
+    from mmbert.model.modeling import MLP
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("tiny", hidden_activation=act_name)
+    mlp = MLP(cfg).eval()
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(57, cfg.hidden_size)
+    q = P.Int8MLP(mlp, act_name, torch.float32)
+    assert (q.gated.algorithm is None) == (act_name == "silu")
+    with torch.inference_mode():
+        want, got = mlp(x), q(x)
+    rel = (got - want).norm() / want.norm()
+    assert rel < 0.03, f"{act_name}: relative error {rel:.4f}"
+    assert q.Wo is mlp.Wo  # the output projection is kept as it is (INT8_KEEP)
+
+
+def test_uint8_view_shares_the_quantised_codes():
+    x = torch.randn(40, 16)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qx = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8)
+    view = P._uint8_view(qx)
+    assert view.dtype == torch.uint8 and torch.equal(view, qx.int_repr())
+    assert view.untyped_storage().data_ptr() == qx.untyped_storage().data_ptr()  # no copy
+
+
 def test_unknown_precision_is_a_clear_error(checkpoint):
     with pytest.raises(P.PrecisionError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16, int8"):
         Encoder(checkpoint, precision="fp16")

@@ -122,29 +122,100 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, out_dtype={self.out_dtype}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        lo, hi = torch.aminmax(x2)  # one pass, no |x| temporary
+    @staticmethod
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(M, K) activations -> uint8 (zero point 128) and their per-tensor scale; one call's input can feed
+        several projections (Int8GeGLU quantises once for both halves)."""
+        lo, hi = torch.aminmax(x)  # one pass, no |x| temporary
         scale = max(-float(lo), float(hi), 1e-12) / 127.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns that quantized tensor creation is deprecated
-            q = torch.quantize_per_tensor(x2.float(), scale, 128, torch.quint8).int_repr()  # (M, K) uint8
-        y = torch.ops.onednn.qlinear_pointwise(
-            q, scale, 128, self.packed, self.w_scale, self.w_zero, self.bias, 1.0, 0, self.out_dtype, "none", [], "")
+            q = torch.quantize_per_tensor(x.float(), scale, 128, torch.quint8)
+        return _uint8_view(q), scale
+
+    def project(self, q: torch.Tensor, scale: float, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+        """One oneDNN int8 GEMM on quantised activations; ``post_op`` ("gelu", algorithm "none" or "tanh")
+        runs in its epilogue, on the fp32 accumulator, before the output is written."""
+        return torch.ops.onednn.qlinear_pointwise(
+            q, scale, 128, self.packed, self.w_scale, self.w_zero, self.bias, 1.0, 0, self.out_dtype, post_op, [],
+            algorithm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = self.project(*self.quantize(x.reshape(-1, shape[-1])))
         return y.view(*shape[:-1], self.out_features)
 
 
-def quantize_linears_int8(module: nn.Module, out_dtype: torch.dtype, keep: tuple[str, ...] = INT8_KEEP) -> int:
-    """Replace every nn.Linear under ``module.layers`` (the encoder layers) by Int8Linear, except names
-    ending in ``keep``; returns how many were replaced."""
+def _uint8_view(q: torch.Tensor) -> torch.Tensor:
+    """The uint8 codes of a quint8 tensor without a copy (``int_repr()`` copies: 1.6 ms for 8,552 x 384 here,
+    3.5% of an int8 mmbert-small forward)."""
+    return torch.empty(0, dtype=torch.uint8, device=q.device).set_(
+        q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
+
+
+# The GeGLU activations oneDNN can apply in the GEMM's epilogue: config.hidden_activation -> its algorithm
+FUSED_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+class Int8GeGLU(nn.Module):
+    """``act(x W_in^T) * (x W_gate^T)`` of an MLP's ``Wi`` (rows [input | gate]) as two int8 GEMMs on one
+    quantised input, GELU fused into the first one's epilogue: no (N, 2I) projection is written, split and
+    re-read, and there is no separate GELU pass (``aten::gelu`` was 6% of an int8 mmbert-small forward)."""
+
+    def __init__(self, wi: nn.Linear, activation_name: str, activation, out_dtype: torch.dtype):
+        super().__init__()
+        half = wi.out_features // 2
+        parts = []
+        for rows in (slice(0, half), slice(half, None)):
+            part = nn.Linear(wi.in_features, half, bias=wi.bias is not None)
+            with torch.no_grad():
+                part.weight.copy_(wi.weight[rows])
+                if wi.bias is not None:
+                    part.bias.copy_(wi.bias[rows])
+            parts.append(Int8Linear(part, out_dtype))
+        self.input, self.gate = parts
+        self.algorithm = FUSED_GELU.get(activation_name)
+        self.act = activation  # applied after the GEMM only when oneDNN cannot fuse it
+
+    def _apply(self, fn, recurse=True):
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        q, scale = Int8Linear.quantize(x.reshape(-1, shape[-1]))
+        if self.algorithm is None:
+            inp = self.act(self.input.project(q, scale))
+        else:
+            inp = self.input.project(q, scale, "gelu", self.algorithm)
+        return inp.mul_(self.gate.project(q, scale)).view(*shape[:-1], -1)
+
+
+class Int8MLP(nn.Module):
+    """An encoder layer's MLP in int8 mode: Int8GeGLU, then its (kept) output projection."""
+
+    def __init__(self, mlp: nn.Module, activation_name: str, out_dtype: torch.dtype):
+        super().__init__()
+        self.gated = Int8GeGLU(mlp.Wi, activation_name, mlp.act, out_dtype)
+        self.drop, self.Wo = mlp.drop, mlp.Wo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.Wo(self.drop(self.gated(x)))
+
+
+def quantize_linears_int8(encoder: nn.Module, out_dtype: torch.dtype, keep: tuple[str, ...] = INT8_KEEP) -> int:
+    """In every encoder layer: the MLP's ``Wi`` becomes an Int8GeGLU (the layer's MLP an Int8MLP) and every
+    other nn.Linear an Int8Linear, except names ending in ``keep``; returns how many projections were replaced."""
     replaced = 0
-    for name, child in list(module.named_modules()):
-        for attr, sub in list(child.named_children()):
-            full = f"{name}.{attr}" if name else attr
-            if isinstance(sub, nn.Linear) and ".layers." in f".{full}" and not full.endswith(keep):
-                setattr(child, attr, Int8Linear(sub, out_dtype))
-                replaced += 1
+    for layer in encoder.layers:
+        if not isinstance(layer.mlp, Int8MLP):
+            layer.mlp = Int8MLP(layer.mlp, encoder.config.hidden_activation, out_dtype)
+            replaced += 1
+        for name, child in list(layer.named_modules()):
+            for attr, sub in list(child.named_children()):
+                full = f"{name}.{attr}" if name else attr
+                if isinstance(sub, nn.Linear) and not full.endswith(keep):
+                    setattr(child, attr, Int8Linear(sub, out_dtype))
+                    replaced += 1
     return replaced
 
 
@@ -174,6 +245,6 @@ def model_precision(model: nn.Module) -> str:
 
 
 __all__ = [
-    "INT8_KEEP", "PRECISIONS", "Int8Linear", "PrecisionError", "apply_precision", "bf16_supported",
+    "INT8_KEEP", "PRECISIONS", "Int8GeGLU", "Int8Linear", "Int8MLP", "PrecisionError", "apply_precision", "bf16_supported",
     "cpu_supports_bf16", "cpu_supports_int8", "model_precision", "quantize_linears_int8", "resolve_precision",
 ]
