@@ -125,6 +125,24 @@ def test_int8_geglu_matches_the_float_mlp(act_name):
     assert q.Wo is mlp.Wo  # the output projection is kept as it is (INT8_KEEP)
 
 
+@pytest.mark.parametrize("autocast", [False, pytest.param(True, marks=needs_bf16)])
+def test_fused_linear_gelu_is_the_same_mlp(autocast, monkeypatch):
+    """Inference on CPU runs GeGLU's input half with GELU in oneDNN's epilogue (model/modeling.py MLP); it
+    computes what the chunked path does (fp32: to rounding; bf16: to bf16's precision)."""
+    from mmbert.model import modeling as M
+
+    torch.manual_seed(0)
+    mlp = M.MLP(ModelConfig.from_preset("tiny")).eval()
+    x = torch.randn(41, mlp.Wi.in_features)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fused = mlp(x).float()
+        monkeypatch.setattr(M, "_linear_gelu_usable", lambda x: False)
+        plain = mlp(x).float()
+    tol = 2e-2 if autocast else 1e-5
+    assert torch.allclose(fused, plain, atol=tol * plain.abs().max(), rtol=0)
+    assert fused.dtype == torch.float32
+
+
 def test_uint8_view_shares_the_quantised_codes():
     x = torch.randn(40, 16)
     import warnings
