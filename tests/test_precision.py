@@ -143,6 +143,14 @@ def test_fused_linear_gelu_is_the_same_mlp(autocast, monkeypatch):
     assert fused.dtype == torch.float32
 
 
+@needs_bf16  # int8 without native bf16 keeps fp32 attention
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_modes_use_the_bmm_attention_on_cpu(checkpoint, mode):
+    model = MmBertModel.from_pretrained(checkpoint, precision=mode)
+    assert {layer.attn.backend for layer in model.layers} == {"bmm"}
+    assert {layer.attn.backend for layer in MmBertModel.from_pretrained(checkpoint).layers} == {"auto"}
+
+
 def test_uint8_view_shares_the_quantised_codes():
     x = torch.randn(40, 16)
     import warnings

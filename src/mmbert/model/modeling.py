@@ -85,6 +85,7 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0 else nn.Identity()
+        self.backend = "auto"  # attention.py's backends; int8 inference sets "bmm" (model/precision.py)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
         n = x.shape[0]
@@ -93,7 +94,7 @@ class Attention(nn.Module):
         v = qkv[:, 2]  # (N, H, D)
         dropout = self.dropout if self.training else 0.0
         out = varlen_attention(q, k, v, batch, local=not self.is_global, dropout_p=dropout,
-                               training=self.training)
+                               backend=self.backend, training=self.training)
         return self.out_drop(self.Wo(out.reshape(n, -1)))
 
     def forward_padded(self, x: torch.Tensor, cos, sin, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,11 @@ Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchm
   mmbert-small forward (``cpu_peers.py``, alone) int8 made 3,021 tokens/s against bf16's 2,740, at a max |diff|
   to fp32 of 1.8e-3 against bf16's 8e-4 (onnxruntime's int8: 7e-3). ``auto`` picks bf16, the more faithful one;
   ``int8`` is the fastest mode here and the one for CPUs with VNNI but no native bf16.
+- On CPU both bf16 modes compute attention with the ``bmm`` backend (``attention.py``: scores and softmax
+  in bf16 through two batched matmuls) instead of the CPU flash SDPA kernel, which at head_dim 64 reached
+  about a fifth of the bf16 matmul peak: int8 mmbert-small 3,102 -> 3,573 tokens/s, bf16 2,550 -> 2,744
+  (``cpu_peers.py``'s case, medians of 5, alternated), min cosine to fp32 over 1,000 corpus texts of the
+  miniature's merged model 0.999999 -> 0.999997 in bf16, unchanged in int8 (``precision_fidelity.py``).
 - ``auto`` is ``bf16`` where the CPU does bf16 natively (AMX / AVX512-BF16, the same detection the trainer
   uses) or the GPU supports it, else ``fp32``. A mode the device cannot do is a :class:`PrecisionError`
   that says what to use instead.
@@ -233,6 +238,9 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
     compute = torch.bfloat16 if precision == "bf16" or bf16_supported(device) else torch.float32
     if precision == "int8":
         quantize_linears_int8(encoder, compute)
+    if compute == torch.bfloat16 and torch.device(device).type == "cpu":
+        for layer in encoder.layers:  # CPU flash SDPA is slow in bf16 at head_dim 64: see attention.py "bmm"
+            layer.attn.backend = "bmm"
     if compute == torch.bfloat16:
         encoder.autocast_dtype = torch.bfloat16  # the forward autocasts; weights, norms, residual stay fp32
     model.precision = precision

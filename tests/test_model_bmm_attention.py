@@ -1,0 +1,51 @@
+"""The ``bmm`` attention backend (inference in bf16 on CPU: two batched matmuls per attention, banded local
+layers in query blocks of 64) against the padded dense reference, which shares none of its code."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmbert.model.attention import BMM_BLOCK, VarlenBatch, padded_attention, varlen_attention
+
+
+def _padded_reference(q, k, v, seqlens, window):
+    """Each sequence on its own row of a padded batch, masked dense SDPA, back to the stream."""
+    heads, dim, t = q.shape[1], q.shape[2], max(seqlens)
+    rows = [x.split(seqlens) for x in (q, k, v)]
+    grid = [torch.stack([F.pad(p, (0, 0, 0, 0, 0, t - p.shape[0])) for p in r]).transpose(1, 2) for r in rows]
+    mask = torch.stack([torch.arange(t) < s for s in seqlens]).long()
+    o = padded_attention(*grid, mask, window).transpose(1, 2)  # (B, T, H, D)
+    return torch.cat([o[i, :s] for i, s in enumerate(seqlens)])
+
+
+# lengths across several query blocks, shorter than the window, and of one token; a document boundary
+# falls inside most blocks
+SEQLENS = [3 * BMM_BLOCK + 5, 1, 40, 2 * BMM_BLOCK, 17, BMM_BLOCK + 1]
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_bmm_matches_the_padded_reference(local):
+    window = 32
+    cu = F.pad(torch.cumsum(torch.tensor(SEQLENS), 0), (1, 0)).to(torch.int32)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(int(cu[-1]), 2, 8, generator=g) for _ in range(3))
+    batch = VarlenBatch.from_cu_seqlens(cu, window=window)
+    with torch.inference_mode():
+        got = varlen_attention(q, k, v, batch, local=local, backend="bmm")
+        want = _padded_reference(q, k, v, SEQLENS, window if local else None)
+        sdpa = varlen_attention(q, k, v, batch, local=local, backend="sdpa")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, sdpa, atol=1e-5, rtol=1e-5)
+    # bf16, the dtype it runs in: to bf16's precision (scores and probabilities rounded to 8 bits)
+    with torch.inference_mode():
+        low = varlen_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), batch, local=local, backend="bmm")
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - want).norm() / want.norm() < 2e-2
+
+
+def test_bmm_refuses_dropout():
+    cu = torch.tensor([0, 10], dtype=torch.int32)
+    q = torch.randn(10, 2, 8)
+    with pytest.raises(ValueError, match="bmm attention backend is for inference"):
+        varlen_attention(q, q, q, VarlenBatch.from_cu_seqlens(cu, window=4), local=False, dropout_p=0.1,
+                         backend="bmm")
