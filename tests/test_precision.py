@@ -116,7 +116,7 @@ def test_int8_geglu_matches_the_float_mlp(act_name):
         for p in mlp.parameters():
             p.normal_(0, 0.1)
     x = torch.randn(57, cfg.hidden_size)
-    q = P.Int8MLP(mlp, act_name, torch.float32)
+    q = P.Int8MLP(mlp, torch.float32)
     assert (q.gated.algorithm is None) == (act_name == "silu")
     with torch.inference_mode():
         want, got = mlp(x), q(x)

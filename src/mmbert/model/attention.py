@@ -20,10 +20,10 @@ each sequence starts. Three backends compute the same function:
   In eval mode (evaluation, serving) ``sdpa`` stays the choice: there the masked dense forward was slower.
 
 - ``bmm`` (inference in bf16 on CPU, set by ``precision.py``): the ``sdpa`` layout, but each attention is
-  two batched matmuls with the softmax between them in the input dtype, local layers in query blocks of 64
+  two matmuls per head with the softmax between them in the input dtype, local layers in query blocks of 64
   with an additive band bias. CPU flash SDPA in bf16 at head_dim 64 ran well below the bf16 matmul peak: on
-  mmbert-small's 8,552-token case a global layer took 50-60 ms with it and 31-38 ms this way, a local one 38-45
-  against 27-33; twice the rounding of flash SDPA's fp32 accumulation (relative error of the output 1e-2 vs
+  mmbert-small's 8,552-token case a global layer took 50-60 ms with it and 31-38 ms this way, a local one 31-34
+  against 22-23; twice the rounding of flash SDPA's fp32 accumulation (relative error of the output 1e-2 vs
   5e-3), which moved the embeddings' min cosine to fp32 from 0.999999 to 0.999997.
 
 ``w`` = ``local_attention // 2`` (transformers' ModernBERT: a local layer attends to |i - j| <= w).
@@ -31,7 +31,7 @@ each sequence starts. Three backends compute the same function:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class VarlenBatch:
     seqlens: list[int]  # host copy of the lengths, so per-sequence loops need no device sync
     window: int  # w: local layers see |i - j| <= w
     block: int  # query block of the banded local attention
-    _band_masks: dict | None = None  # block -> mask; block, dtype -> additive bias
+    _band_masks: dict = field(default_factory=dict)  # block -> mask; (block, dtype) -> additive bias
     _dense: "DenseLayout | None | bool" = False  # False: not computed yet; None: not applicable
 
     @classmethod
@@ -73,8 +73,6 @@ class VarlenBatch:
     def band_mask(self, block: int | None = None) -> torch.Tensor:
         """(blocks, 1, block, block + 2w) bool: query may attend key. Built once, reused by every local layer."""
         block = block or self.block
-        if self._band_masks is None:
-            self._band_masks = {}
         if block not in self._band_masks:
             self._band_masks[block] = _band_mask(self.cu_seqlens, self.seqlens, self.window, block)
         return self._band_masks[block]
@@ -82,7 +80,7 @@ class VarlenBatch:
     def band_bias(self, block: int, dtype: torch.dtype) -> torch.Tensor:
         """``band_mask(block)`` as an additive bias (0 / -inf) in ``dtype``, for the ``bmm`` backend."""
         key = (block, dtype)
-        if key not in (self._band_masks or {}):
+        if key not in self._band_masks:
             mask = self.band_mask(block)
             self._band_masks[key] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
                 ~mask, float("-inf"))
@@ -274,7 +272,9 @@ def _banded_sdpa(q, k, v, batch: VarlenBatch, dropout_p: float) -> torch.Tensor:
     return o.transpose(1, 2).reshape(n_blocks * block, heads, dim)[:n]
 
 
-BMM_BLOCK = 64  # the bmm backend's query block: 64 beat 32 and 128 (27-33 vs 46-55 vs 29-35 ms a local layer)
+# the bmm backend's query block: 64 beat 32 and 128 (27-33 vs 46-55 vs 29-35 ms a local layer, all heads in one
+# matmul; per head, as now, 64 gave 22-23 ms)
+BMM_BLOCK = 64
 
 
 def _per_sequence_bmm(q, k, v, batch: VarlenBatch) -> torch.Tensor:

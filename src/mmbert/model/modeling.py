@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0 else nn.Identity()
-        self.backend = "auto"  # attention.py's backends; int8 inference sets "bmm" (model/precision.py)
+        self.backend = "auto"  # attention.py's backends; bf16 / int8 inference on CPU sets "bmm" (precision.py)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
         n = x.shape[0]
@@ -106,8 +106,9 @@ class Attention(nn.Module):
         return self.out_drop(self.Wo(out.transpose(1, 2).reshape(b, t, -1)))
 
 
-# GELU that oneDNN can apply inside the linear's epilogue at inference: config.hidden_activation -> algorithm
-_EPILOGUE_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+# GELU that oneDNN can apply inside a linear's epilogue (fp32/bf16 here, int8 in precision.py):
+# config.hidden_activation -> oneDNN's algorithm
+EPILOGUE_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 def _linear_gelu_usable(x: torch.Tensor) -> bool:
@@ -124,7 +125,7 @@ class MLP(nn.Module):
         super().__init__()
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.act = activation(config.hidden_activation)
-        self.gelu_algorithm = _EPILOGUE_GELU.get(config.hidden_activation)
+        self.gelu_algorithm = EPILOGUE_GELU.get(config.hidden_activation)
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 

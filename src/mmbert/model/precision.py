@@ -25,8 +25,8 @@ Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchm
   ``int8`` is the fastest mode here and the one for CPUs with VNNI but no native bf16.
 - On CPU both bf16 modes compute attention with the ``bmm`` backend (``attention.py``: scores and softmax
   in bf16 through two batched matmuls) instead of the CPU flash SDPA kernel, which at head_dim 64 reached
-  about a fifth of the bf16 matmul peak: int8 mmbert-small 3,102 -> 3,573 tokens/s, bf16 2,550 -> 2,744
-  (``cpu_peers.py``'s case, medians of 5, alternated), min cosine to fp32 over 1,000 corpus texts of the
+  about a fifth of the bf16 matmul peak: int8 mmbert-small 3,237 -> 3,829 tokens/s, bf16 2,768 -> 3,025
+  (``cpu_peers.py``'s case, flash SDPA vs ``bmm`` in one process, medians of 5, alternated), min cosine to fp32 over 1,000 corpus texts of the
   miniature's merged model 0.999999 -> 0.999997 in bf16, unchanged in int8 (``precision_fidelity.py``).
 - ``auto`` is ``bf16`` where the CPU does bf16 natively (AMX / AVX512-BF16, the same detection the trainer
   uses) or the GPU supports it, else ``fp32``. A mode the device cannot do is a :class:`PrecisionError`
@@ -158,16 +158,12 @@ def _uint8_view(q: torch.Tensor) -> torch.Tensor:
         q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
 
 
-# The GeGLU activations oneDNN can apply in the GEMM's epilogue: config.hidden_activation -> its algorithm
-FUSED_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-
-
 class Int8GeGLU(nn.Module):
     """``act(x W_in^T) * (x W_gate^T)`` of an MLP's ``Wi`` (rows [input | gate]) as two int8 GEMMs on one
     quantised input, GELU fused into the first one's epilogue: no (N, 2I) projection is written, split and
     re-read, and there is no separate GELU pass (``aten::gelu`` was 6% of an int8 mmbert-small forward)."""
 
-    def __init__(self, wi: nn.Linear, activation_name: str, activation, out_dtype: torch.dtype):
+    def __init__(self, wi: nn.Linear, algorithm: str | None, activation, out_dtype: torch.dtype):
         super().__init__()
         half = wi.out_features // 2
         parts = []
@@ -179,7 +175,7 @@ class Int8GeGLU(nn.Module):
                     part.bias.copy_(wi.bias[rows])
             parts.append(Int8Linear(part, out_dtype))
         self.input, self.gate = parts
-        self.algorithm = FUSED_GELU.get(activation_name)
+        self.algorithm = algorithm  # oneDNN's GELU algorithm (modeling.EPILOGUE_GELU), None: not a GELU
         self.act = activation  # applied after the GEMM only when oneDNN cannot fuse it
 
     def _apply(self, fn, recurse=True):
@@ -198,9 +194,9 @@ class Int8GeGLU(nn.Module):
 class Int8MLP(nn.Module):
     """An encoder layer's MLP in int8 mode: Int8GeGLU, then its (kept) output projection."""
 
-    def __init__(self, mlp: nn.Module, activation_name: str, out_dtype: torch.dtype):
+    def __init__(self, mlp: nn.Module, out_dtype: torch.dtype):
         super().__init__()
-        self.gated = Int8GeGLU(mlp.Wi, activation_name, mlp.act, out_dtype)
+        self.gated = Int8GeGLU(mlp.Wi, mlp.gelu_algorithm, mlp.act, out_dtype)
         self.drop, self.Wo = mlp.drop, mlp.Wo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +209,7 @@ def quantize_linears_int8(encoder: nn.Module, out_dtype: torch.dtype, keep: tupl
     replaced = 0
     for layer in encoder.layers:
         if not isinstance(layer.mlp, Int8MLP):
-            layer.mlp = Int8MLP(layer.mlp, encoder.config.hidden_activation, out_dtype)
+            layer.mlp = Int8MLP(layer.mlp, out_dtype)
             replaced += 1
         for name, child in list(layer.named_modules()):
             for attr, sub in list(child.named_children()):
@@ -238,11 +234,11 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
     compute = torch.bfloat16 if precision == "bf16" or bf16_supported(device) else torch.float32
     if precision == "int8":
         quantize_linears_int8(encoder, compute)
-    if compute == torch.bfloat16 and torch.device(device).type == "cpu":
-        for layer in encoder.layers:  # CPU flash SDPA is slow in bf16 at head_dim 64: see attention.py "bmm"
-            layer.attn.backend = "bmm"
     if compute == torch.bfloat16:
         encoder.autocast_dtype = torch.bfloat16  # the forward autocasts; weights, norms, residual stay fp32
+        if torch.device(device).type == "cpu":
+            for layer in encoder.layers:  # CPU flash SDPA is slow in bf16 at head_dim 64: attention.py "bmm"
+                layer.attn.backend = "bmm"
     model.precision = precision
     return model
 
@@ -253,6 +249,6 @@ def model_precision(model: nn.Module) -> str:
 
 
 __all__ = [
-    "INT8_KEEP", "PRECISIONS", "Int8GeGLU", "Int8Linear", "Int8MLP", "PrecisionError", "apply_precision", "bf16_supported",
-    "cpu_supports_bf16", "cpu_supports_int8", "model_precision", "quantize_linears_int8", "resolve_precision",
+    "INT8_KEEP", "PRECISIONS", "Int8GeGLU", "Int8Linear", "Int8MLP", "PrecisionError", "apply_precision",
+    "bf16_supported", "cpu_supports_bf16", "cpu_supports_int8", "model_precision", "quantize_linears_int8", "resolve_precision",
 ]
