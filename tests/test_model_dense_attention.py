@@ -63,3 +63,31 @@ def test_auto_picks_by_the_module_mode_not_by_grad_mode():
     with torch.no_grad():
         no_grad = varlen_attention(q, k, v, batch, local=True, training=True)
     assert torch.equal(no_grad, dense)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_dense_bf16_on_cpu_matches_fp32(local):
+    """bf16 on CPU takes the matmul path (scores + additive bias, softmax, matmul), not flash SDPA: its output
+    and gradients are the fp32 banded / per-sequence backend's to bf16 rounding, and masked keys get exactly no
+    weight (a large value planted in one piece's values must not reach another piece)."""
+    seqlens = _pieces(5, True)
+    cu = torch.nn.functional.pad(torch.cumsum(torch.tensor(seqlens), 0), (1, 0)).to(torch.int32)
+    n = int(cu[-1])
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(n, 2, 16, generator=g) for _ in range(3))
+    weight = torch.linspace(-1, 1, q.numel()).view_as(q)
+
+    def run(dtype, backend, values):
+        leaves = [x.to(dtype).requires_grad_() for x in (q, k, values)]
+        o = varlen_attention(*leaves, VarlenBatch.from_cu_seqlens(cu, window=16), local=local, backend=backend)
+        return o.float(), [x.float() for x in torch.autograd.grad((o.float() * weight).sum(), leaves)]
+
+    out, grads = run(torch.bfloat16, "dense", v)
+    ref, ref_grads = run(torch.float32, "sdpa", v)
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    for a, b in zip(grads, ref_grads):
+        assert ((a - b).norm() / b.norm()) < 1e-2
+    planted = v.clone()
+    planted[: seqlens[0]] += 1e3
+    out, _ = run(torch.bfloat16, "dense", planted)
+    torch.testing.assert_close(out[seqlens[0]:], ref[seqlens[0]:], atol=2e-2, rtol=2e-2)

@@ -145,10 +145,20 @@ def test_fused_linear_gelu_is_the_same_mlp(autocast, monkeypatch):
 
 @needs_bf16  # int8 without native bf16 keeps fp32 attention
 @pytest.mark.parametrize("mode", MODES)
-def test_bf16_modes_use_the_bmm_attention_on_cpu(checkpoint, mode):
-    model = MmBertModel.from_pretrained(checkpoint, precision=mode)
-    assert {layer.attn.backend for layer in model.layers} == {"bmm"}
-    assert {layer.attn.backend for layer in MmBertModel.from_pretrained(checkpoint).layers} == {"auto"}
+def test_bf16_modes_use_the_bmm_attention_on_cpu(checkpoint, mode, monkeypatch):
+    import mmbert.model.attention as attention
+
+    chosen = []
+    choose = attention.auto_backend
+    monkeypatch.setattr(attention, "auto_backend", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])
+    ids = torch.randint(5, 100, (2, 40))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        MmBertModel.from_pretrained(checkpoint, precision=mode)(ids, mask)
+        assert chosen and set(chosen) == {"bmm"}
+        chosen.clear()
+        MmBertModel.from_pretrained(checkpoint)(ids, mask)  # fp32: CPU flash SDPA
+    assert chosen and set(chosen) == {"sdpa"}
 
 
 def test_uint8_view_shares_the_quantised_codes():

@@ -18,8 +18,11 @@ each sequence starts. Three backends compute the same function:
   2-core CPU) attention forward + backward ran 3x faster on local and 1.5x on global layers
   (``benchmarks/train_step.py``). The layout and masks are built once per batch and shared by all layers.
   In eval mode (evaluation, serving) ``sdpa`` stays the choice: there the masked dense forward was slower.
+  In bf16 on CPU each layer is two matmuls with an additive mask and the softmax between them (CPU flash SDPA
+  with a mask is slow in bf16): the training step at the miniature's size went from 1.12x to 1.29x
+  transformers' (``benchmarks/train_step.py``).
 
-- ``bmm`` (inference in bf16 on CPU, set by ``precision.py``): the ``sdpa`` layout, but each attention is
+- ``bmm`` (``auto``'s choice for inference in bf16 on CPU): the ``sdpa`` layout, but each attention is
   two matmuls per head with the softmax between them in the input dtype, local layers in query blocks of 64
   with an additive band bias. CPU flash SDPA in bf16 at head_dim 64 ran well below the bf16 matmul peak: on
   mmbert-small's 8,552-token case a global layer took 50-60 ms with it and 31-38 ms this way, a local one 31-34
@@ -106,6 +109,15 @@ class DenseLayout:
     slots: torch.Tensor | None  # (N,) slot of each token in the (n_chunks * C) grid; None: the identity
     global_mask: torch.Tensor  # (n_chunks, 1, C, C) bool: query may attend key (same piece)
     local_mask: torch.Tensor  # the same, within |i - j| <= w
+    _biases: dict = field(default_factory=dict)  # (local, dtype) -> additive bias, built once a batch
+
+    def bias(self, local: bool, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an additive bias (0 / -inf) in ``dtype``, (n_chunks, 1, C, C), for the matmul path."""
+        if (local, dtype) not in self._biases:
+            mask = self.local_mask if local else self.global_mask
+            self._biases[local, dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                ~mask, float("-inf"))
+        return self._biases[local, dtype]
 
     @staticmethod
     def pack(seqlens: list[int], length: int) -> list[int]:
@@ -163,15 +175,22 @@ def _dense_sdpa(q, k, v, layout: DenseLayout, local: bool, dropout_p: float) -> 
             x = x.new_zeros(nc * c, heads, dim).index_copy(0, layout.slots, x)
         return x.view(nc, c, heads, dim).transpose(1, 2)
 
-    mask = layout.local_mask if local else layout.global_mask
     dtype = q.dtype
-    if q.device.type == "cpu" and dtype == torch.bfloat16:
-        # CPU flash SDPA with a mask is slower in bf16 than in fp32 (2-core AMX CPU, 16 x 256 rows: forward +
-        # backward 270 ms against 150 ms a layer): attention runs in fp32, the projections around it in bf16.
-        q, k, v = q.float(), k.float(), v.float()
     with torch.autocast(q.device.type, enabled=False):
-        o = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=mask, dropout_p=dropout_p)
-    o = o.transpose(1, 2).reshape(nc * c, heads, dim).to(dtype)
+        if q.device.type == "cpu" and dtype == torch.bfloat16:
+            # CPU flash SDPA with a mask is slow in bf16 (forward + backward 270 ms a layer at 16 x 256 rows on a
+            # 2-core AMX CPU; 150 ms upcast to fp32): bf16 runs as two matmuls with the softmax between them,
+            # which autograd differentiates with bf16 matmuls too - 26 ms a global layer and 20 a local one
+            # against fp32 flash's 44 and 33, at a relative error of the output of 5e-3 to fp32.
+            scores = torch.matmul(grid(q) * dim**-0.5, grid(k).transpose(-1, -2)) + layout.bias(local, dtype)
+            probs = torch.softmax(scores, dim=-1)
+            if dropout_p > 0:
+                probs = F.dropout(probs, dropout_p)
+            o = torch.matmul(probs, grid(v))
+        else:
+            mask = layout.local_mask if local else layout.global_mask
+            o = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=mask, dropout_p=dropout_p)
+    o = o.transpose(1, 2).reshape(nc * c, heads, dim)
     return o if layout.slots is None else o.index_select(0, layout.slots)
 
 
@@ -207,11 +226,7 @@ def varlen_attention(
 ) -> torch.Tensor:
     """q, k, v: (N, heads, head_dim) -> (N, heads, head_dim). ``training``: the calling module's mode."""
     if backend == "auto":
-        # dense only where it was measured faster: training. In inference its masked forward was 1.2-3x slower
-        # than sdpa's band (mini 64 x 256, mmbert-small 32 x 16..512; 2-core CPU, 1 thread). Chosen by the module's
-        # mode, not by whether gradients are on: GradCache's no-grad pass must compute what its grad pass does.
-        dense = training and batch.dense_layout() is not None
-        backend = "flash" if _flash_usable(q) else "dense" if dense else "sdpa"
+        backend = auto_backend(q, batch, training, dropout_p)
     if backend == "dense":
         layout = batch.dense_layout()
         if layout is None:
@@ -233,6 +248,20 @@ def varlen_attention(
     if local and batch.max_seqlen > batch.window + 1:
         return _banded_sdpa(q, k, v, batch, dropout_p)
     return _per_sequence_sdpa(q, k, v, batch, dropout_p)
+
+
+def auto_backend(q: torch.Tensor, batch: VarlenBatch, training: bool, dropout_p: float = 0.0) -> str:
+    """What ``backend="auto"`` computes with. Chosen by the module's mode, not by whether gradients are on:
+    GradCache's no-grad pass must compute what its grad pass does."""
+    if _flash_usable(q):
+        return "flash"
+    if training:
+        # dense only where it was measured faster: training. In inference its masked forward was 1.2-3x slower
+        # than sdpa's band (mini 64 x 256, mmbert-small 32 x 16..512; 2-core CPU, 1 thread).
+        return "dense" if batch.dense_layout() is not None else "sdpa"
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0:
+        return "bmm"  # inference in bf16 on CPU (precision.py's modes, evaluation under the trainer's autocast)
+    return "sdpa"
 
 
 def _flash_usable(q: torch.Tensor) -> bool:

@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0 else nn.Identity()
-        self.backend = "auto"  # attention.py's backends; bf16 / int8 inference on CPU sets "bmm" (precision.py)
+        self.backend = "auto"  # attention.py's backends (auto_backend: by device, dtype and mode)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
         n = x.shape[0]

@@ -23,7 +23,7 @@ Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchm
   mmbert-small forward (``cpu_peers.py``, alone) int8 made 3,021 tokens/s against bf16's 2,740, at a max |diff|
   to fp32 of 1.8e-3 against bf16's 8e-4 (onnxruntime's int8: 7e-3). ``auto`` picks bf16, the more faithful one;
   ``int8`` is the fastest mode here and the one for CPUs with VNNI but no native bf16.
-- On CPU both bf16 modes compute attention with the ``bmm`` backend (``attention.py``: scores and softmax
+- On CPU both bf16 modes compute attention with the ``bmm`` backend (``attention.py``, ``auto``'s choice for bf16 inference there: scores and softmax
   in bf16 through two batched matmuls) instead of the CPU flash SDPA kernel, which at head_dim 64 reached
   about a fifth of the bf16 matmul peak: int8 mmbert-small 3,237 -> 3,829 tokens/s, bf16 2,768 -> 3,025
   (``cpu_peers.py``'s case, flash SDPA vs ``bmm`` in one process, medians of 5, alternated), min cosine to fp32 over 1,000 corpus texts of the
@@ -235,10 +235,8 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
     if precision == "int8":
         quantize_linears_int8(encoder, compute)
     if compute == torch.bfloat16:
-        encoder.autocast_dtype = torch.bfloat16  # the forward autocasts; weights, norms, residual stay fp32
-        if torch.device(device).type == "cpu":
-            for layer in encoder.layers:  # CPU flash SDPA is slow in bf16 at head_dim 64: attention.py "bmm"
-                layer.attn.backend = "bmm"
+        # The forward autocasts; weights, norms, residual stay fp32. On CPU, attention's "auto" then takes "bmm".
+        encoder.autocast_dtype = torch.bfloat16
     model.precision = precision
     return model
 
