@@ -98,8 +98,11 @@ def test_int8_linear_matches_float_linear_and_keeps_mlp_out():
     rel = (got - want).norm() / want.norm()
     assert rel < 0.02, f"relative error {rel:.4f}"
     enc = MmBertModel(ModelConfig.from_preset("tiny"))
-    assert P.quantize_linears_int8(enc, torch.float32) == 4 * 3  # Wqkv, attn.Wo, Wi per layer; mlp.Wo kept
+    assert P.quantize_linears_int8(enc, torch.bfloat16) == 4 * 3  # Wqkv, attn.Wo, Wi per layer; mlp.Wo kept
     assert all(isinstance(layer.mlp.Wo, nn.Linear) for layer in enc.layers)
+    # attn.Wo feeds the fp32 residual add directly: it writes fp32, the others the compute dtype
+    assert {layer.attn.Wo.out_dtype for layer in enc.layers} == {torch.float32}
+    assert {layer.attn.Wqkv.out_dtype for layer in enc.layers} == {torch.bfloat16}
 
 
 @needs_int8

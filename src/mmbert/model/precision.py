@@ -215,7 +215,10 @@ def quantize_linears_int8(encoder: nn.Module, out_dtype: torch.dtype, keep: tupl
             for attr, sub in list(child.named_children()):
                 full = f"{name}.{attr}" if name else attr
                 if isinstance(sub, nn.Linear) and not full.endswith(keep):
-                    setattr(child, attr, Int8Linear(sub, out_dtype))
+                    # attn.Wo's output goes straight into the fp32 residual add: written in fp32 by the GEMM, it
+                    # spares the add a materialised bf16 -> fp32 cast (CPU TensorIterator copies mixed inputs)
+                    dtype = torch.float32 if full == "attn.Wo" else out_dtype
+                    setattr(child, attr, Int8Linear(sub, dtype))
                     replaced += 1
     return replaced
 
