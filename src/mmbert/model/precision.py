@@ -20,8 +20,8 @@ Choices, each measured on a 2-core Sapphire Rapids (AMX) CPU, torch 2.13 (benchm
   ``torch.ao.quantization.quantize_dynamic`` still exists in torch 2.13 (deprecated, engines ``x86``,
   ``fbgemm``, ``onednn``); its error is twice ours (0.025 vs 0.014 relative per linear). Per linear
   (benchmarks/int8_linears.py, loaded machine) int8 was no faster than bf16 on this AMX CPU; over a whole
-  mmbert-small forward (``cpu_peers.py``, alone) int8 made 3,021 tokens/s against bf16's 2,740, at a max |diff|
-  to fp32 of 1.8e-3 against bf16's 8e-4 (onnxruntime's int8: 7e-3). ``auto`` picks bf16, the more faithful one;
+  mmbert-small forward (``cpu_peers.py``, alone, 2026-12-03) int8 made 4,234 tokens/s against bf16's 3,137, at a
+  max |diff| to fp32 of 1.9e-3 against bf16's 7e-4 (onnxruntime's int8: 1,705 tokens/s, 7e-3). ``auto`` picks bf16, the more faithful one;
   ``int8`` is the fastest mode here and the one for CPUs with VNNI but no native bf16.
 - On CPU both bf16 modes compute attention with the ``bmm`` backend (``attention.py``, ``auto``'s choice for bf16 inference there: scores and softmax
   in bf16 through two batched matmuls) instead of the CPU flash SDPA kernel, which at head_dim 64 reached
