@@ -121,11 +121,6 @@ def main() -> None:
                    help="ours: optimizer.kernel (the trainer's AdamW implementation)")
     p.add_argument("--attention", default="auto", choices=["auto", "sdpa"],
                    help="ours: sdpa = the banded / per-sequence backend (the dense backend off), to compare")
-    p.add_argument("--seq-len", type=int, default=256, help="row length (4,096 tokens a step: 16 x 256, 32 x 128)")
-    p.add_argument("--mask-ratio", type=float, default=0.15, help="0.30: the miniature's pretraining phase")
-    p.add_argument("--allocator", default="tuned", choices=["tuned", "default"],
-                   help="tuned: glibc's mmap threshold raised as the trainer does (train.speed.tune_allocator); "
-                        "applies to the whole process, both sides")
     p.add_argument("--profile", action="store_true", help="print the profile of our step and exit")
     p.add_argument("--only", choices=["ours", "theirs"], default=None, help="time one side only (side-by-side runs)")
     args = p.parse_args()
@@ -133,17 +128,13 @@ def main() -> None:
     from mmbert.train.speed import set_threads
 
     set_threads(args.threads)
-    if args.allocator == "tuned":
-        from mmbert.train.speed import tune_allocator
-
-        tune_allocator()
     if args.attention == "sdpa":
         import mmbert.model.attention as attention
 
         attention.DENSE_MAX_LEN = 0  # every layout is "not applicable": auto falls back to sdpa
     args.precision = resolve_precision(args.precision, torch.device("cpu"))
     cfg, model, ours, ours_opt, theirs, theirs_opt = build(args)
-    batch = make_batch(cfg.vocab_size, rows=4096 // args.seq_len, seq_len=args.seq_len, mask_ratio=args.mask_ratio)
+    batch = make_batch(cfg.vocab_size)
     fns = step_fns(args, model, ours, ours_opt, theirs, theirs_opt, batch)
     for fn in fns.values():  # warm-up (and compilation)
         fn(), fn()
@@ -164,8 +155,7 @@ def main() -> None:
             times[w].append(time.perf_counter() - t)
     tokens = batch["num_tokens"]
     med = {w: statistics.median(t) for w, t in times.items()}
-    out = {"case": f"train-step mini {4096 // args.seq_len}x{args.seq_len} mask {args.mask_ratio}",
-           "allocator": args.allocator, "precision": args.precision, "compile": args.compile,
+    out = {"case": "train-step mini 16x256 mask 0.15", "precision": args.precision, "compile": args.compile,
            "kernel": args.kernel, "attention": args.attention,
            "threads": torch.get_num_threads(), "rounds": args.rounds,
            "load_avg_1min": round(os.getloadavg()[0], 2)}

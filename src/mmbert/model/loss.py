@@ -75,7 +75,7 @@ def token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     """(M,) float32 cross-entropy of each row of ``hidden @ weight.T + bias`` against ``labels``, without gradients
     and without the (M, V) logits in fp32 at once (evaluation: ``eval.heldout``). Matmuls in the autocast dtype
     under autocast (as the decoder's forward would run), else in ``hidden``'s."""
-    chunk = chunk or chunk_rows(weight.shape[0])
+    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     w = weight.to(dtype)
@@ -105,25 +105,13 @@ _ADDMM_OUT_DTYPE = _addmm_supports_out_dtype()
 # Rows per chunk: about 2^28 logits (1 GiB in fp32). Measured on a 2-core CPU, 2,565 rows x 256k vocab in bf16:
 # unfused 8.2 s forward+backward, chunks of 256 rows 6.8 s, of 1,024 rows 5.7 s.
 CHUNK_LOGITS = 2**28
-# A small vocabulary's chunks are kept at 16 MiB of fp32 logits instead: under glibc's mmap threshold
-# (train.speed.tune_allocator) they are reused from step to step rather than page-faulted in afresh. mini
-# preset (16k vocabulary), 1,228 predicted rows, forward + backward: one chunk 211 ms, chunks of 256 rows 176 ms,
-# and 131 ms with the allocator tuned. Large vocabularies keep the big chunks: each chunk also adds a pass over
-# the (V, H) weight gradient, which at 256k x 768 outweighs the faults.
-SMALL_CHUNK_BYTES = 16 * 2**20
-
-
-def chunk_rows(vocab: int) -> int:
-    """Rows per chunk of the fused loss for a vocabulary of ``vocab``."""
-    small = SMALL_CHUNK_BYTES // (4 * vocab)
-    return small if small >= 256 else max(1, CHUNK_LOGITS // vocab)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
                          chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` (all valid), without materialising
     the (M, V) logits. Under CPU/CUDA autocast the matmuls run in the autocast dtype."""
-    chunk = chunk or chunk_rows(weight.shape[0])
+    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
     device_type = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     with torch.autocast(device_type, enabled=False):

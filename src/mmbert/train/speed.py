@@ -7,10 +7,6 @@ Choices:
   inter-op thread (the trainer runs no parallel graph branches). ``import mmbert`` sets
   ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch loads OpenMP): idle workers sleep instead of spinning, so
   a shared core is not burnt waiting (2.5x faster steps at 2 threads on a loaded 2-core machine).
-- ``tune_allocator`` (the trainer calls it on CPU): glibc hands every allocation over its mmap threshold to the
-  OS and takes it back on free, so each step's large temporaries (the loss's logits chunks, the MLP's
-  intermediate, attention's scores) are page-faulted in afresh every time: a 1,228 x 16k-vocab fused loss took
-  211 ms forward + backward, 131 ms with the threshold at its 32 MiB maximum, no trimming, and chunks under it.
 - ``compile_model`` wraps the model's encoder layers with ``torch.compile`` (inductor); the module tree
   and state dict are unchanged, so checkpoints, merges and exports see the plain model.
 """
@@ -38,26 +34,6 @@ def set_threads(n: int | None = None) -> int:
     except RuntimeError:  # only settable before the first parallel work; harmless when already set
         pass
     return n
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's cap on 64-bit: larger allocations are always mmapped
-
-
-def tune_allocator() -> bool:
-    """Keep freed memory up to 32 MiB a block in the process (glibc's ``mallopt``); False where there is no glibc
-    (musl, macOS, Windows): nothing changes there. Costs resident memory only up to the run's peak."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
-    # trim only when 1 GiB is free at the top of the heap: a step's temporaries stay for the next step
-    return ok and mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
 def compile_model(model):

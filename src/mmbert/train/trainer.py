@@ -46,7 +46,7 @@ from mmbert.train.parallel import (
 )
 from mmbert.train.phases import Stage, plan_stages, resolve_languages, sampling_sizes
 from mmbert.train.rundir import lock_run_dir
-from mmbert.train.speed import set_threads, tune_allocator
+from mmbert.train.speed import set_threads
 from mmbert.train.stop import StopOnSignal
 from mmbert.train.schedule import batch_tokens_at, lr_at, phase_steps
 from mmbert.train.step import MlmTask, optimizer_step
@@ -142,10 +142,8 @@ class Trainer:
         cfg, world = self.cfg, self.world
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        if world.device.type == "cpu":
-            tune_allocator()
-            if cfg.threads:
-                set_threads(cfg.threads)
+        if world.device.type == "cpu" and cfg.threads:
+            set_threads(cfg.threads)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = self._tokenizer()
         model_config = self._model_config(tokenizer)
