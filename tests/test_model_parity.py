@@ -301,3 +301,22 @@ def test_training_step_of_the_model_uses_the_fused_loss_with_equal_gradients():
     torch.nn.functional.cross_entropy(model.decoder(model.head(hidden)), labels[labels != -100]).backward()
     for k, p in model.named_parameters():
         assert_close(fused[k], p.grad, 1e-5, k)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_token_cross_entropy_equals_cross_entropy_of_the_logits(autocast):
+    """The evaluation's per-token loss (log-sum-exp minus the target's logit, chunked) against F.cross_entropy of
+    the same logits, with a bias, a partial last chunk and the default chunking."""
+    from mmbert.model.loss import token_cross_entropy
+
+    torch.manual_seed(0)
+    h, w, b = torch.randn(37, 16), torch.randn(50, 16), torch.randn(50)
+    y = torch.randint(0, 50, (37,))
+    dtype = torch.bfloat16 if autocast else torch.float32  # under autocast: a bf16 matmul, the bias added in fp32
+    logits = (h.to(dtype) @ w.to(dtype).T).float() + b
+    want = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for chunk in (5, None):
+            got = token_cross_entropy(h, w, b, y, chunk=chunk)
+            assert got.dtype == torch.float32 and got.shape == (37,)
+            assert_close(got, want, 1e-4, f"chunk {chunk}")

@@ -74,20 +74,29 @@ def token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
                         chunk: int | None = None) -> torch.Tensor:
     """(M,) float32 cross-entropy of each row of ``hidden @ weight.T + bias`` against ``labels``, without gradients
     and without the (M, V) logits in fp32 at once (evaluation: ``eval.heldout``). Matmuls in the autocast dtype
-    under autocast (as the decoder's forward would run), else in ``hidden``'s."""
-    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
+    under autocast (as the decoder's forward would run), else in ``hidden``'s; the log-sum-exp in fp32.
+
+    Per row ``logsumexp(z) - z[y]``: one reading pass over the logits, where ``cross_entropy`` writes a full
+    log-softmax and reads it back; and chunks of ~2M logits, which stay in cache and in the allocator's free
+    lists instead of a fresh page-faulted buffer per call (1,228 x 16k rows, bf16, 2 cores: 120-140 -> 55-65 ms)."""
+    chunk = chunk or max(EVAL_MIN_ROWS, EVAL_CHUNK_LOGITS // weight.shape[0])
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    w = weight.to(dtype)
-    out = []
+    w_t = weight.to(dtype).T
+    b = None if bias is None else bias.float()
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     with torch.no_grad(), torch.autocast(device_type, enabled=False):
         for start in range(0, hidden.shape[0], chunk):
-            logits = hidden[start : start + chunk].to(dtype) @ w.T
-            if bias is not None:
-                logits = logits.float() + bias.float()
-            out.append(torch.nn.functional.cross_entropy(logits.float(), labels[start : start + chunk],
-                                                         reduction="none"))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+            logits = (hidden[start : start + chunk].to(dtype) @ w_t).float()
+            if b is not None:
+                logits += b
+            y = labels[start : start + chunk, None]
+            out[start : start + chunk] = torch.logsumexp(logits, dim=-1) - logits.gather(1, y).squeeze(1)
+    return out
+
+
+EVAL_CHUNK_LOGITS = 2**21  # token_cross_entropy's chunk: 8 MB of fp32 logits
+EVAL_MIN_ROWS = 64  # ... but never so few rows that the matmul starves (a 256k vocabulary: 64 rows, 64 MB)
 
 
 def _addmm_supports_out_dtype() -> bool:
