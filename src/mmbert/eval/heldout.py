@@ -13,7 +13,7 @@ Choices:
 - The loss is the mean cross-entropy over all masked tokens of the language (a token-weighted mean, not
   a mean of batch means). Languages share batches, so hundreds of small languages cost few forwards. With ~40 masked tokens a language is noisy: report group means too.
 - The set is fixed in a second sense: tokenized, masked and packed once (``HeldoutSet``), then reused by every
-  evaluation with the same tokenizer, texts and settings. Batches are large (32k tokens) and unpadded.
+  evaluation with the same tokenizer, texts and settings. Batches are unpadded, 8k tokens by default.
 """
 
 from __future__ import annotations
