@@ -1,6 +1,7 @@
 """The spread of the main job's headline numbers over seeds: ``mmbert run configs/miniature.yaml --set seed=S``
 for each seed, one after another (each run alone on the machine), then mean, min and max of every headline
-number (decay-only gain, share of it the merge keeps, merge vs best variant per group, wall time, tokens/s).
+number (decay-only gain, share of it the merge keeps, merge vs best variant per group, wall time, tokens/s,
+the machine's matmul speed before training).
 
 The seed changes the model's initialisation, the data order and the training masks; the held-out set's masks
 stay fixed (``recipe.evaluate.seed``), so the spread is that of training, not of the measurement.
@@ -24,7 +25,10 @@ def headline_values(summary: dict) -> dict[str, float]:
     h = summary["headline"]
     return {"decay_gain": h["decay_gain"], "merge_keeps": h["merge_keeps"],
             "merge_gap_pretrain": h["merge_gap"]["pretrain"], "merge_gap_midtrain": h["merge_gap"]["midtrain"],
-            "wall_time_min": summary["wall_time_s"] / 60, "train_tokens_per_s": summary["train_tokens_per_s"]}
+            "wall_time_min": summary["wall_time_s"] / 60, "train_tokens_per_s": summary["train_tokens_per_s"],
+            # the machine's matmul GFLOP/s before training (mmbert.train.speed.matmul_gflops): wall times of runs
+            # at different machine speeds do not compare
+            "machine_gflops": (summary.get("machine") or {}).get("gflops_before", float("nan"))}
 
 
 def spread(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -107,12 +107,10 @@ def time_once(fn, device: str) -> float:
     return time.perf_counter() - t
 
 
-def matmul_peak_gflops(dtype: str, device: str, n: int = 2048, reps: int = 5) -> float:
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dt, device=device), torch.randn(n, n, dtype=dt, device=device)
-    a @ b
-    best = min(time_once(lambda: a @ b, device) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
+def matmul_peak_gflops(dtype: str, device: str, n: int = 2048) -> float:
+    from mmbert.train.speed import matmul_gflops
+
+    return matmul_gflops(torch.bfloat16 if dtype == "bf16" else torch.float32, (n, n, n), seconds=1.0, device=device)
 
 
 def useful_flops(cfg: ModelConfig, lengths: list[int]) -> float:

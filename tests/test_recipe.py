@@ -42,6 +42,10 @@ def test_quick_run_writes_every_artifact_with_finite_numbers(tmp_path):
     assert names[0].startswith("before decay") and names[-1].startswith("merge") and len(names) == 5
     for row in summary["comparison"]:
         assert math.isfinite(row["heldout_all"]) and 0.0 <= row["bitext_all"] <= 1.0
+    # the machine's speed before training and after the evaluation, beside the wall time it explains
+    machine = summary["machine"]
+    assert machine["gflops_before"] > 0 and machine["gflops_after"] > 0 and machine["precision"] in ("bf16", "fp32")
+    assert f"{machine['gflops_before']:,.0f} GFLOP/s before training" in report
     for name in ("decay-eng", "merge-TIES"):
         result = json.loads((out / "eval" / f"{name}.json").read_text())
         assert {"fao_Latn", "tir_Ethi"} <= set(result["heldout"]["per_language"])

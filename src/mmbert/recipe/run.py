@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from mmbert.recipe import report as rp
+from mmbert.train.speed import PROBE_SHAPE, matmul_gflops
 
 RECIPE_KEYS = {"merge", "evaluate", "quick"}
 MERGE_KEYS = {"method", "density", "lambda", "weights", "normalize"}
@@ -100,6 +101,11 @@ def _run_recipe(config_path: Path, cfg, recipe: Recipe, run_dir: Path, quick: bo
         {"config": str(config_path), "quick": quick, "overrides": overrides or [], "recipe": recipe.__dict__},
         sort_keys=False))
 
+    from mmbert.train.optim import autocast, resolve_precision
+
+    device = torch.device("cpu")
+    precision = resolve_precision(cfg.precision, device)
+    machine_before = _machine_speed(precision)
     result = train(cfg, run_dir / "train", resume=resume)
     if not result.completed:
         raise SystemExit(f"[mmbert run] training stopped: {result.message}\n"
@@ -125,18 +131,22 @@ def _run_recipe(config_path: Path, cfg, recipe: Recipe, run_dir: Path, quick: bo
     checkpoints = {f"before decay ({parent})": base}
     checkpoints.update({f"decay-{name}": path for name, path in variants.items()})
     checkpoints[f"merge ({recipe.merge['method'].upper()})"] = merged
-    from mmbert.train.optim import autocast, resolve_precision
-
-    device = torch.device("cpu")
-    precision = resolve_precision(cfg.precision, device)
     t_eval = time.perf_counter()
     evaluations = evaluate_all(checkpoints, run_dir / "eval", recipe.evaluate, lambda: autocast(precision, device))
     t_eval = time.perf_counter() - t_eval
+    machine = {"precision": precision, "shape": list(PROBE_SHAPE), "gflops_before": machine_before,
+               "gflops_after": _machine_speed(precision)}
     t_total = time.perf_counter() - t0
-    path = write_report(run_dir, cfg, recipe, checkpoints, evaluations, t_train, t_total, quick, t_eval)
+    path = write_report(run_dir, cfg, recipe, checkpoints, evaluations, t_train, t_total, quick, t_eval, machine)
     print(f"[mmbert run] report: {path}")
     print(f"[mmbert run] wall time {t_total / 60:.1f} min (training {t_train / 60:.1f} min)")
     return path
+
+
+def _machine_speed(precision: str) -> float:
+    """The machine's matmul GFLOP/s in the run's precision, now (``train.speed.matmul_gflops``): measured before
+    training and after the evaluation, so the report's wall time can be read against the machine's speed."""
+    return round(matmul_gflops(torch.bfloat16 if precision == "bf16" else torch.float32), 1)
 
 
 def _slug(name: str) -> str:
@@ -188,7 +198,8 @@ def evaluate_all(checkpoints: dict[str, Path], out_dir: Path, options: dict, aut
 
 
 def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path], evaluations: dict[str, dict],
-                 t_train: float, t_total: float, quick: bool, t_eval: float = math.nan) -> Path:
+                 t_train: float, t_total: float, quick: bool, t_eval: float = math.nan,
+                 machine: dict | None = None) -> Path:
     from mmbert.eval.report import language_group
 
     steps, events = rp.read_metrics(run_dir / "train" / "metrics.jsonl")
@@ -235,7 +246,11 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
            f"Training {t_train / 60:.1f} min, evaluation of {len(names)} checkpoints {t_eval:.0f} s; "
            f"{sum(s['batch_tokens'] for s in steps):,} tokens trained ({variant_tokens:,} in the decay variants).", ""]
     md += [f"Wall time **{t_total / 60:.1f} min** (training {t_train / 60:.1f} min) on this machine"
-           + (" — `--quick` run (numbers are a smoke test, not a result)" if quick else "") + ".",
+           + (" — `--quick` run (numbers are a smoke test, not a result)" if quick else "") + "."
+           + (f" Machine speed ({machine['precision']} matmul, {' × '.join(map(str, machine['shape'][:2]))} · "
+              f"{' × '.join(map(str, machine['shape'][1:]))}): {machine['gflops_before']:,.0f} GFLOP/s before "
+              f"training, {machine['gflops_after']:,.0f} after the evaluation; wall times measured at different "
+              "machine speeds do not compare." if machine else ""),
            f"Model: `{cfg.model.preset or cfg.model.config}`; precision `{cfg.precision}`; "
            f"evaluation: held-out articles 25–30 of every corpus language "
            f"(mask {recipe.evaluate.get('mask_ratio', 0.15)}, fixed seed)"
@@ -271,6 +286,6 @@ def write_report(run_dir: Path, cfg, recipe: Recipe, checkpoints: dict[str, Path
                "checkpoints": {n: str(p) for n, p in checkpoints.items()}, "comparison": rows,
                "decay_languages_improved": improved, "n_decay_languages": len(decay_langs),
                "headline": head, "targets": rp.TARGETS, "eval_time_s": round(t_eval, 1),
-               "train_tokens_per_s": round(tok_s), "train_tokens": train_tokens}
+               "train_tokens_per_s": round(tok_s), "train_tokens": train_tokens, "machine": machine}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path

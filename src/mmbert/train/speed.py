@@ -7,6 +7,8 @@ Choices:
   inter-op thread (the trainer runs no parallel graph branches). ``import mmbert`` sets
   ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch loads OpenMP): idle workers sleep instead of spinning, so
   a shared core is not burnt waiting (2.5x faster steps at 2 threads on a loaded 2-core machine).
+- ``matmul_gflops`` measures how fast the machine is right now (a short, fixed matmul), so a run's wall time can be
+  read against the machine it ran on: on a shared or virtualised machine the same work varies 5-25% between runs.
 - ``compile_model`` wraps the model's encoder layers with ``torch.compile`` (inductor); the module tree
   and state dict are unchanged, so checkpoints, merges and exports see the plain model.
 """
@@ -14,6 +16,7 @@ Choices:
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -41,3 +44,30 @@ def compile_model(model):
     for layer in model.model.layers:
         layer.compile(dynamic=True)
     return model
+
+
+# The probe's shape: a projection of a 4,096-token micro-batch at hidden 256 (the miniature's), fixed so that
+# runs of different configs measure the machine the same way.
+PROBE_SHAPE = (4096, 256, 1024)
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, shape: tuple[int, int, int] = PROBE_SHAPE,
+                  seconds: float = 0.3, device: str | torch.device = "cpu") -> float:
+    """GFLOP/s of an (m, k) @ (k, n) matmul in ``dtype`` on this machine now: the best of repeats for about
+    ``seconds`` (best, not mean: the question is what the machine can do, not how noisy it is)."""
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(k, n, generator=gen).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b  # first call: allocation and kernel selection
+    sync()
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() >= deadline:
+            break
+    return 2 * m * k * n / best / 1e9
