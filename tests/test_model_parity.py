@@ -320,3 +320,35 @@ def test_token_cross_entropy_equals_cross_entropy_of_the_logits(autocast):
             got = token_cross_entropy(h, w, b, y, chunk=chunk)
             assert got.dtype == torch.float32 and got.shape == (37,)
             assert_close(got, want, 1e-4, f"chunk {chunk}")
+
+
+def test_fp32_inference_linears_run_on_onednn_and_match_f_linear(monkeypatch):
+    """modeling.linear: fp32 inference on CPU goes through oneDNN (faster than MKL's sgemm at these shapes) and
+    equals F.linear; anything autograd must record, training mode and bf16 autocast keep F.linear."""
+    import torch.nn.functional as F
+
+    from mmbert.model import modeling
+
+    if not modeling._linear_gelu_usable(torch.zeros(1)):
+        pytest.skip("oneDNN's linear is not in this torch build")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96).eval()
+    x = torch.randn(37, 64)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(modeling.torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *a, **k: calls.append(a[3]) or real(*a, **k), raising=False)
+    with torch.no_grad():
+        got = modeling.linear(layer, x)
+    assert calls == ["none"]
+    torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    out = modeling.linear(layer, x)  # grad enabled, weights require grad: autograd's path
+    assert out.grad_fn is not None and calls == []
+    with torch.no_grad():
+        layer.train()
+        modeling.linear(layer, x)
+        layer.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert modeling.linear(layer, x).dtype == torch.bfloat16
+    assert calls == []

@@ -89,13 +89,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: VarlenBatch) -> torch.Tensor:
         n = x.shape[0]
-        qkv = self.Wqkv(x).view(n, 3, self.num_heads, self.head_dim)  # (N, 3, H, D)
+        qkv = linear(self.Wqkv, x).view(n, 3, self.num_heads, self.head_dim)  # (N, 3, H, D)
         q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)  # q and k in one pass; cos/sin: (N, 1, 1, D/2)
         v = qkv[:, 2]  # (N, H, D)
         dropout = self.dropout if self.training else 0.0
         out = varlen_attention(q, k, v, batch, local=not self.is_global, dropout_p=dropout,
                                backend=self.backend, training=self.training)
-        return self.out_drop(self.Wo(out.reshape(n, -1)))
+        return self.out_drop(linear(self.Wo, out.reshape(n, -1)))
 
     def forward_padded(self, x: torch.Tensor, cos, sin, attention_mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -118,6 +118,19 @@ def _linear_gelu_usable(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; for fp32 inference on CPU through oneDNN's linear instead of MKL's sgemm, which runs the
+    encoder's shapes slower (8,552 tokens, mmbert-small, 2 cores: 155-188 vs 165-212 GFLOP/s alone, and the
+    difference grows inside a forward). bf16 (autocast) and anything autograd records keep ``F.linear``: oneDNN's
+    op has no backward, and in bf16 the two are equal here."""
+    if (not layer.training and x.dtype == torch.float32 and type(layer) is nn.Linear
+            and not torch.is_autocast_enabled(x.device.type)
+            and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+            and _linear_gelu_usable(x)):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+
 class MLP(nn.Module):
     """GeGLU: Wi projects to [input | gate]; act(input) * gate; Wo projects back."""
 
@@ -134,7 +147,7 @@ class MLP(nn.Module):
             inp, gate = self.Wi(x).chunk(2, dim=-1)
             return self.Wo(self.drop(self.act(inp) * gate))
         if not self.training and self.gelu_algorithm is not None and _linear_gelu_usable(x):
-            return self.Wo(self._fused_geglu(x))
+            return linear(self.Wo, self._fused_geglu(x))
         inp, gate = self.Wi(x).chunk(2, dim=-1)
         # No graph: gate in place (no (N, intermediate) temporary). Dropout still applies in training mode,
         # so a no-grad forward draws the same masks as one with grad (GradCache's first pass, train/gradcache.py).
@@ -153,6 +166,8 @@ class MLP(nn.Module):
             x, w_in = x.to(dtype), w_in.to(dtype)
             b_in = None if b_in is None else b_in.to(dtype)
         inp = torch.ops.mkldnn._linear_pointwise(x, w_in, b_in, "gelu", [], self.gelu_algorithm)
+        if x.dtype == torch.float32:  # the gate's product in its epilogue too (fp32: oneDNN beats MKL here)
+            return torch.ops.mkldnn._linear_pointwise.binary(x, inp, w_gate, b_gate, "mul")
         return inp.mul_(F.linear(x, w_gate, b_gate))
 
 
