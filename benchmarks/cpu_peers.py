@@ -7,8 +7,9 @@ Contenders (each skipped with a note when its package is absent):
   transformers-fp32             ``ModernBertModel`` (sdpa), one padded call of 32
   ort-fp32 / ort-int8           onnxruntime on our ONNX export (``mmbert export --to onnx [--quantize int8]``),
                                 its best call: length-sorted batches of 16, each padded to its longest
-  openvino-fp32                 OpenVINO (``pip install 'mmbert[bench]'``) compiling the same ONNX file, same
-                                batches as onnxruntime
+  openvino-fp32 / -bf16         OpenVINO (``pip install 'mmbert[bench]'``) compiling the same ONNX file, same
+                                batches as onnxruntime; -bf16 is its inference-precision hint bf16 (what it
+                                picks by default on CPUs with AMX), -fp32 forces f32
 
 Case: the preset's shape with the shipped 16k vocabulary (random weights, seeded), 32 sequences of lengths
 uniform in 16..512 (``benchmarks/speed.py``'s ``infer-var`` batch: 8,552 real tokens). Prints one JSON line per
@@ -139,7 +140,8 @@ def contenders(ckpt: Path, ids: torch.Tensor, mask: torch.Tensor, lengths: list[
     except ImportError:
         notes["ort"] = "onnxruntime not installed"
 
-    if "openvino-fp32" not in skip:
+    openvino_kinds = [k for k in ("openvino-fp32", "openvino-bf16") if k not in skip]
+    if openvino_kinds:
         try:
             import openvino as ov
 
@@ -148,13 +150,17 @@ def contenders(ckpt: Path, ids: torch.Tensor, mask: torch.Tensor, lengths: list[
                 from mmbert.serve.export import export
 
                 export(ckpt, "onnx", work / "ort-fp32", overwrite=True)
-            compiled = ov.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                        "INFERENCE_PRECISION_HINT": "f32"})
-            request = compiled.create_infer_request()
-            out["openvino-fp32"] = batched(
-                lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[compiled.output("last_hidden_state")])
+            core = ov.Core()
+            hint = {"openvino-fp32": "f32", "openvino-bf16": "bf16"}
+            for kind in openvino_kinds:
+                compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                      "INFERENCE_PRECISION_HINT": hint[kind]})
+                request = compiled.create_infer_request()
+                out[kind] = batched(lambda i, m, r=request, o=compiled.output("last_hidden_state"):
+                                    r.infer({"input_ids": i, "attention_mask": m})[o])
         except ImportError:
-            notes["openvino-fp32"] = "openvino not installed (pip install 'mmbert[bench]')"
+            for kind in openvino_kinds:
+                notes[kind] = "openvino not installed (pip install 'mmbert[bench]')"
     return out, notes
 
 
@@ -202,7 +208,7 @@ def main() -> None:
     for name in fns:
         row = {"contender": name, "tok_s": round(tokens / med[name]),
                "vs_mmbert_fp32": round(med["mmbert-fp32"] / med[name], 2), **fidelity(outputs[name], ref, mask)}
-        for peer in ("transformers-fp32", "ort-fp32", "ort-int8", "openvino-fp32"):
+        for peer in ("transformers-fp32", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-bf16"):
             if peer in med and name.startswith("mmbert"):
                 row[f"x_{peer}"] = round(med[peer] / med[name], 2)
         rows.append(row)
