@@ -49,3 +49,43 @@ def test_bmm_refuses_dropout():
     with pytest.raises(ValueError, match="bmm attention backend is for inference"):
         varlen_attention(q, q, q, VarlenBatch.from_cu_seqlens(cu, window=4), local=False, dropout_p=0.1,
                          backend="bmm")
+
+
+def _many_pieces(n_pieces: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    # like the held-out set's pieces: the first <= 128 tokens of an article, most of them full (its chunks of 128
+    # score 1.24-1.43x what the pieces need)
+    return torch.randint(100, 129, (n_pieces,), generator=g).tolist()
+
+
+def test_bf16_inference_runs_global_layers_dense_over_many_pieces_and_local_layers_banded():
+    from mmbert.model.attention import DENSE_MIN_PIECES, auto_backend
+
+    q = torch.zeros(8, 2, 8, dtype=torch.bfloat16)
+    many = VarlenBatch.from_cu_seqlens(F.pad(torch.cumsum(torch.tensor(_many_pieces(40)), 0), (1, 0)), window=32)
+    few = VarlenBatch.from_cu_seqlens(torch.tensor([0, 100, 220], dtype=torch.int32), window=32)
+    assert len(few.seqlens) < DENSE_MIN_PIECES
+    assert auto_backend(q, many, training=False, local=False) == "dense"
+    assert auto_backend(q, many, training=False, local=True) == "bmm"
+    assert auto_backend(q, few, training=False, local=False) == "bmm"
+    assert auto_backend(q.float(), many, training=False, local=False) == "sdpa"  # fp32 inference: flash SDPA
+    # one long piece among short ones: chunks of 512 would score ~3x what the pieces need; the loop stays
+    skewed = VarlenBatch.from_cu_seqlens(
+        F.pad(torch.cumsum(torch.tensor([500] + [20] * 40), 0), (1, 0)), window=32)
+    assert not skewed.dense_pays() and auto_backend(q, skewed, training=False, local=False) == "bmm"
+
+
+def test_dense_inference_path_matches_the_reference_and_the_piece_loop():
+    seqlens = _many_pieces(24, seed=1)
+    cu = F.pad(torch.cumsum(torch.tensor(seqlens), 0), (1, 0)).to(torch.int32)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(int(cu[-1]), 4, 16, generator=g) for _ in range(3))
+    batch = VarlenBatch.from_cu_seqlens(cu, window=32)
+    want = _padded_reference(q, k, v, seqlens, None)
+    with torch.inference_mode():
+        dense = varlen_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), batch, local=False, backend="dense")
+        loop = varlen_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), batch, local=False, backend="bmm")
+    assert dense.dtype == torch.bfloat16 and dense.shape == q.shape
+    err = (dense.float() - want).norm() / want.norm()
+    assert err < 1e-2
+    assert abs(err - (loop.float() - want).norm() / want.norm()) < 2e-3  # the same rounding as the piece loop

@@ -1,13 +1,9 @@
 """mmbert: build, pretrain with annealed language learning, merge, evaluate and serve ModernBERT-style
 multilingual encoders."""
 
-import os
+from mmbert import process
 
-# OpenMP workers that sleep when idle instead of spinning (set before torch loads its OpenMP runtime; an explicit
-# OMP_WAIT_POLICY wins). Spinning workers collapse when another process shares the cores: one training step of the
-# miniature with 2 threads on a 2-core machine running other jobs took 2.5x longer with spinning than with passive
-# waits (benchmarks/train_step.py; ``mmbert.train.speed``).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+process.configure()  # OpenMP waits and the allocator, before torch loads (mmbert/process.py)
 
 from mmbert.model import (  # noqa: E402
     CheckpointError,

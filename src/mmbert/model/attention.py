@@ -17,7 +17,10 @@ each sequence starts. Three backends compute the same function:
   per-sequence loop and no ``unfold`` backward: at the miniature's size (16 rows of 256, w = 32, bf16 on a
   2-core CPU) attention forward + backward ran 3x faster on local and 1.5x on global layers
   (``benchmarks/train_step.py``). The layout and masks are built once per batch and shared by all layers.
-  In eval mode (evaluation, serving) ``sdpa`` stays the choice: there the masked dense forward was slower.
+  In eval mode (evaluation, serving) ``sdpa`` / ``bmm`` stay the choice: there the masked dense forward was
+  slower - except on global layers in bf16 over many short pieces (``VarlenBatch.dense_pays``: the held-out
+  set's 75 pieces of <= 128 tokens a batch), where the per-piece loop's op overhead costs more than the chunks'
+  padding: 24-29 -> 13 ms a layer, one baddbmm with the mask and the scale folded in.
   In bf16 on CPU each layer is two matmuls with an additive mask and the softmax between them (CPU flash SDPA
   with a mask is slow in bf16): the training step at the miniature's size went from 1.12x to 1.29x
   transformers' (``benchmarks/train_step.py``).
@@ -90,6 +93,14 @@ class VarlenBatch:
         return self._band_masks[key]
 
 
+    def dense_pays(self) -> bool:
+        """Whether a global layer in bf16 inference is faster dense than piece by piece (``DENSE_MIN_PIECES``)."""
+        if len(self.seqlens) < DENSE_MIN_PIECES:
+            return False
+        layout = self.dense_layout()
+        return layout is not None and (
+            layout.n_chunks * layout.length**2 <= DENSE_MAX_WASTE * sum(s * s for s in self.seqlens))
+
     def dense_layout(self) -> "DenseLayout | None":
         """Chunks for the ``dense`` backend, or None when a piece is longer than ``DENSE_MAX_LEN``."""
         if self._dense is False:
@@ -98,6 +109,11 @@ class VarlenBatch:
 
 
 DENSE_MAX_LEN = 512  # the dense backend's longest chunk: cost grows with C per token
+# bf16 inference on CPU runs a global layer dense when there are at least this many pieces and the chunks score at
+# most DENSE_MAX_WASTE times the keys the per-piece loop scores (the held-out batch: 75 pieces of <= 128 tokens in
+# 74 chunks of 128, 1.4x; a layer took 17 ms dense against 24-29 ms piece by piece)
+DENSE_MIN_PIECES = 16
+DENSE_MAX_WASTE = 1.5
 
 
 @dataclass
@@ -118,6 +134,13 @@ class DenseLayout:
             self._biases[local, dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
                 ~mask, float("-inf"))
         return self._biases[local, dtype]
+
+    def head_bias(self, local: bool, dtype: torch.dtype, heads: int) -> torch.Tensor:
+        """``bias`` repeated for each head, (n_chunks * heads, C, C): the additive input of one baddbmm."""
+        key = (local, dtype, heads)
+        if key not in self._biases:
+            self._biases[key] = self.bias(local, dtype).expand(-1, heads, -1, -1).reshape(-1, self.length, self.length)
+        return self._biases[key]
 
     @staticmethod
     def pack(seqlens: list[int], length: int) -> list[int]:
@@ -177,7 +200,13 @@ def _dense_sdpa(q, k, v, layout: DenseLayout, local: bool, dropout_p: float) -> 
 
     dtype = q.dtype
     with torch.autocast(q.device.type, enabled=False):
-        if q.device.type == "cpu" and dtype == torch.bfloat16:
+        if q.device.type == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled() and dropout_p == 0:
+            # inference (a global layer over many pieces, ``auto_backend``): the scale and the mask folded into one
+            # baddbmm, the softmax in place - 17 -> 12 ms a layer on the held-out batch (8,080 tokens, 74 chunks)
+            qg, kg, vg = (grid(x).reshape(nc * heads, c, dim) for x in (q, k, v))
+            scores = torch.baddbmm(layout.head_bias(local, dtype, heads), qg, kg.transpose(1, 2), alpha=dim**-0.5)
+            o = torch.bmm(torch.softmax(scores, dim=-1), vg).view(nc, heads, c, dim)
+        elif q.device.type == "cpu" and dtype == torch.bfloat16:
             # CPU flash SDPA with a mask is slow in bf16 (forward + backward 270 ms a layer at 16 x 256 rows on a
             # 2-core AMX CPU; 150 ms upcast to fp32): bf16 runs as two matmuls with the softmax between them,
             # which autograd differentiates with bf16 matmuls too - 26 ms a global layer and 20 a local one
@@ -226,7 +255,7 @@ def varlen_attention(
 ) -> torch.Tensor:
     """q, k, v: (N, heads, head_dim) -> (N, heads, head_dim). ``training``: the calling module's mode."""
     if backend == "auto":
-        backend = auto_backend(q, batch, training, dropout_p)
+        backend = auto_backend(q, batch, training, dropout_p, local)
     if backend == "dense":
         layout = batch.dense_layout()
         if layout is None:
@@ -250,7 +279,8 @@ def varlen_attention(
     return _per_sequence_sdpa(q, k, v, batch, dropout_p)
 
 
-def auto_backend(q: torch.Tensor, batch: VarlenBatch, training: bool, dropout_p: float = 0.0) -> str:
+def auto_backend(q: torch.Tensor, batch: VarlenBatch, training: bool, dropout_p: float = 0.0,
+                 local: bool = True) -> str:
     """What ``backend="auto"`` computes with. Chosen by the module's mode, not by whether gradients are on:
     GradCache's no-grad pass must compute what its grad pass does."""
     if _flash_usable(q):
@@ -260,7 +290,9 @@ def auto_backend(q: torch.Tensor, batch: VarlenBatch, training: bool, dropout_p:
         # than sdpa's band (mini 64 x 256, mmbert-small 32 x 16..512; 2-core CPU, 1 thread).
         return "dense" if batch.dense_layout() is not None else "sdpa"
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0:
-        return "bmm"  # inference in bf16 on CPU (precision.py's modes, evaluation under the trainer's autocast)
+        # inference in bf16 on CPU (precision.py's modes, evaluation under the trainer's autocast); a global layer
+        # over many pieces runs dense, where the per-piece loop's op overhead outweighs the chunks' padding
+        return "dense" if not local and batch.dense_pays() else "bmm"
     return "sdpa"
 
 
