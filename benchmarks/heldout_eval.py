@@ -7,9 +7,9 @@ the plain cross-entropy it replaced, in one process.
     masked, bf16 where the CPU has it): one forward gives the per-language loss and the bitext vectors. The held-out
     set is built once (the first call, reported apart), then each round re-evaluates it, as the recipe does for
     each checkpoint. Without ``--checkpoint``: a freshly initialised ``mini`` model (same shapes, same cost).
-(b) The per-token loss of one evaluation batch's masked rows (``model.loss.token_cross_entropy``: log-sum-exp minus
-    the target's logit, in chunks of ~2M logits) against its peer, ``F.cross_entropy`` over the whole (M, V) block
-    of the same bf16 logits (what the evaluation did before), alternated; ratio and max |diff|.
+(b) The per-token loss of one evaluation batch's masked rows (``model.loss.token_cross_entropy``: ``cross_entropy``
+    in chunks of ~8M logits) against its peer, ``F.cross_entropy`` over the whole (M, V) block of the same bf16
+    logits (what the evaluation did first), alternated; ratio and max |diff|.
 Benchmark alone: two torch processes on 2 cores slow each other 4-9x.
 """
 

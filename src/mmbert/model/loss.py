@@ -11,6 +11,7 @@ Matmuls run in ``compute_dtype`` (bf16 under autocast), the softmax in fp32, as 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -76,9 +77,10 @@ def token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     and without the (M, V) logits in fp32 at once (evaluation: ``eval.heldout``). Matmuls in the autocast dtype
     under autocast (as the decoder's forward would run), else in ``hidden``'s; the log-sum-exp in fp32.
 
-    Per row ``logsumexp(z) - z[y]``: one reading pass over the logits, where ``cross_entropy`` writes a full
-    log-softmax and reads it back; and chunks of ~2M logits, which stay in cache and in the allocator's free
-    lists instead of a fresh page-faulted buffer per call (1,228 x 16k rows, bf16, 2 cores: 120-140 -> 55-65 ms)."""
+    In chunks of ~8M logits (32 MB in fp32), each through ``cross_entropy``: 1,202 x 16k rows in bf16 on 2 cores
+    took 45-52 ms (chunks of 256-1,202 rows alike) against 57-65 ms as ``logsumexp(z) - z[y]`` (several passes
+    where ``cross_entropy``'s log-softmax is one) and 120-140 ms as one fp32 block before ``import mmbert`` kept
+    large freed blocks (``mmbert.process``: each fresh block was page-faulted in again)."""
     chunk = chunk or max(EVAL_MIN_ROWS, EVAL_CHUNK_LOGITS // weight.shape[0])
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
@@ -90,12 +92,11 @@ def token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
             logits = (hidden[start : start + chunk].to(dtype) @ w_t).float()
             if b is not None:
                 logits += b
-            y = labels[start : start + chunk, None]
-            out[start : start + chunk] = torch.logsumexp(logits, dim=-1) - logits.gather(1, y).squeeze(1)
+            out[start : start + chunk] = F.cross_entropy(logits, labels[start : start + chunk], reduction="none")
     return out
 
 
-EVAL_CHUNK_LOGITS = 2**21  # token_cross_entropy's chunk: 8 MB of fp32 logits
+EVAL_CHUNK_LOGITS = 2**23  # token_cross_entropy's chunk: 32 MB of fp32 logits
 EVAL_MIN_ROWS = 64  # ... but never so few rows that the matmul starves (a 256k vocabulary: 64 rows, 64 MB)
 
 
