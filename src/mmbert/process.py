@@ -3,8 +3,8 @@
 - OpenMP waits: ``OMP_WAIT_POLICY=PASSIVE`` unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set. Spinning
   workers collapse when another process shares the cores: one training step of the miniature with 2 threads on a
   2-core machine running other jobs took 2.5x longer with spinning than with passive waits; two steps side by side
-  made 8,068 tokens/s together with PASSIVE, 7,319 with a 3,000-spin bound and 3,077 with libgomp's default
-  (``benchmarks/train_step.py``; benchmarks/README.md).
+  made 8,068 tokens/s together with PASSIVE, 7,319 with a 3,000-spin bound and 3,077 with 100,000 (libgomp's
+  default: 300,000) (``benchmarks/train_step.py``; benchmarks/README.md).
 - glibc's allocator keeps large freed blocks instead of handing them back to the kernel: ``M_MMAP_THRESHOLD``
   256 MiB and ``M_TRIM_THRESHOLD`` 512 MiB (``mallopt``), unless ``MALLOC_MMAP_THRESHOLD_`` /
   ``MALLOC_TRIM_THRESHOLD_`` are set or ``MMBERT_MALLOC=default``. By default glibc serves a block above a dynamic

@@ -5,8 +5,9 @@ Choices:
   busy-waiting workers collapse when another process takes a core. ``set_threads(n)`` sets torch's intra-op
   threads to ``n`` (None: the number of cores this process may run on, ``os.sched_getaffinity``), and one
   inter-op thread (the trainer runs no parallel graph branches). ``import mmbert`` sets
-  ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch loads OpenMP): idle workers sleep instead of spinning, so
-  a shared core is not burnt waiting (2.5x faster steps at 2 threads on a loaded 2-core machine).
+  ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy or a spin count (before torch loads OpenMP;
+  ``mmbert/process.py``): idle workers sleep instead of spinning, so a shared core is not burnt waiting (2.5x faster
+  steps at 2 threads on a loaded 2-core machine).
 - ``matmul_gflops`` measures how fast the machine is right now (a short, fixed matmul), so a run's wall time can be
   read against the machine it ran on: on a shared or virtualised machine the same work varies 5-25% between runs.
 - ``compile_model`` wraps the model's encoder layers with ``torch.compile`` (inductor); the module tree
