@@ -69,9 +69,14 @@ def test_bf16_inference_runs_global_layers_dense_over_many_pieces_and_local_laye
     assert auto_backend(q, many, training=False, local=True) == "bmm"
     assert auto_backend(q, few, training=False, local=False) == "bmm"
     assert auto_backend(q.float(), many, training=False, local=False) == "sdpa"  # fp32 inference: flash SDPA
-    # one long piece among short ones: chunks of 512 would score ~3x what the pieces need; the loop stays
+    # many short pieces: the loop's per-piece ops outweigh chunks that score 1.9x what the pieces need
+    short = VarlenBatch.from_cu_seqlens(
+        F.pad(torch.cumsum(torch.randint(16, 64, (64,), generator=torch.Generator().manual_seed(0)), 0), (1, 0)),
+        window=32)
+    assert auto_backend(q, short, training=False, local=False) == "dense"
+    # one long piece among ~100-token ones: chunks of 304 would score 2.6x what the pieces need; the loop stays
     skewed = VarlenBatch.from_cu_seqlens(
-        F.pad(torch.cumsum(torch.tensor([500] + [20] * 40), 0), (1, 0)), window=32)
+        F.pad(torch.cumsum(torch.tensor([300] + [100] * 30), 0), (1, 0)), window=32)
     assert not skewed.dense_pays() and auto_backend(q, skewed, training=False, local=False) == "bmm"
 
 

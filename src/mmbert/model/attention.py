@@ -94,12 +94,15 @@ class VarlenBatch:
 
 
     def dense_pays(self) -> bool:
-        """Whether a global layer in bf16 inference is faster dense than piece by piece (``DENSE_MIN_PIECES``)."""
+        """Whether a global layer in bf16 inference is faster dense than piece by piece (``DENSE_OVERHEAD_TOKENS``)."""
         if len(self.seqlens) < DENSE_MIN_PIECES:
             return False
         layout = self.dense_layout()
-        return layout is not None and (
-            layout.n_chunks * layout.length**2 <= DENSE_MAX_WASTE * sum(s * s for s in self.seqlens))
+        if layout is None:
+            return False
+        mean_len = sum(self.seqlens) / len(self.seqlens)
+        bound = 1 + DENSE_OVERHEAD_TOKENS / mean_len
+        return layout.n_chunks * layout.length**2 <= bound * sum(s * s for s in self.seqlens)
 
     def dense_layout(self) -> "DenseLayout | None":
         """Chunks for the ``dense`` backend, or None when a piece is longer than ``DENSE_MAX_LEN``."""
@@ -109,11 +112,14 @@ class VarlenBatch:
 
 
 DENSE_MAX_LEN = 512  # the dense backend's longest chunk: cost grows with C per token
-# bf16 inference on CPU runs a global layer dense when there are at least this many pieces and the chunks score at
-# most DENSE_MAX_WASTE times the keys the per-piece loop scores (the held-out batch: 75 pieces of <= 128 tokens in
-# 74 chunks of 128, 1.4x; a layer took 17 ms dense against 24-29 ms piece by piece)
+# bf16 inference on CPU runs a global layer dense when there are at least DENSE_MIN_PIECES pieces and the chunks score
+# at most 1 + DENSE_OVERHEAD_TOKENS / (mean piece length) times the keys the per-piece loop scores: the loop's ops
+# cost about as much per piece as 64 more keys per query. Measured (one global layer, bf16, 2 cores, ms loop/dense):
+# 75 pieces of 100-128 tokens (the held-out batch) at 1.21x the scores 17.5/11.0; 256 of 10-39 at 2.47x 26/14;
+# 64 of 16-63 at 1.85x 8.0/3.7; 32 of 200-256 at 1.26x 20.5/21 (even); [500] + 40 x [20] at 2.96x 7.5/7.0 (even);
+# [300] + 30 x [100] at 2.61x 8.6/13.5 and 20 x [64] + 4 x [400] at 1.77x 10/14 (loop: both over the bound).
 DENSE_MIN_PIECES = 16
-DENSE_MAX_WASTE = 1.5
+DENSE_OVERHEAD_TOKENS = 64
 
 
 @dataclass
