@@ -94,3 +94,22 @@ def test_dense_inference_path_matches_the_reference_and_the_piece_loop():
     err = (dense.float() - want).norm() / want.norm()
     assert err < 1e-2
     assert abs(err - (loop.float() - want).norm() / want.norm()) < 2e-3  # the same rounding as the piece loop
+
+
+def test_dense_bf16_arithmetic_follows_the_module_mode_not_grad_mode():
+    """GradCache runs a training-mode model without a graph, then with one: in bf16 on CPU both passes must take
+    the training path's arithmetic, not the inference path's baddbmm (whose rounding differs)."""
+    seqlens = _many_pieces(20, seed=2)
+    cu = F.pad(torch.cumsum(torch.tensor(seqlens), 0), (1, 0)).to(torch.int32)
+    g = torch.Generator().manual_seed(0)
+    # head_dim 24: a scale of 1/sqrt(24) rounds differently folded into the matmul than applied to q (at a power-of-two
+    # head_dim such as the presets' 64 the two paths happen to agree bit for bit)
+    q, k, v = (torch.randn(int(cu[-1]), 4, 24, generator=g).bfloat16() for _ in range(3))
+    batch = VarlenBatch.from_cu_seqlens(cu, window=32)
+    with torch.no_grad():
+        no_graph = varlen_attention(q, k, v, batch, local=False, backend="dense", training=True)
+        inference = varlen_attention(q, k, v, batch, local=False, backend="dense", training=False)
+    q.requires_grad_(True)
+    with_graph = varlen_attention(q, k, v, batch, local=False, backend="dense", training=True)
+    assert torch.equal(no_graph, with_graph.detach())
+    assert not torch.equal(no_graph, inference)  # the two paths do differ: the check above could fail
